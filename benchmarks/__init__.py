@@ -1,0 +1,1 @@
+"""Run records -> tables and plots, published reference rows, speed benchmarks, the CLI."""

@@ -1,0 +1,1 @@
+"""Transfer harnesses (linear probes, VOC classification, detection, segmentation) and their metrics."""
