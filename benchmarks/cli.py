@@ -15,7 +15,7 @@ from pretext import __version__
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-data": ("pretext.synthetic", "write the built-in procedural benchmark (ImageFolder + VOCdevkit)"),
-    "prior": ("pretext.rebalance", "estimate the empirical ab prior over a data source and cache it"),
+    "prior": ("pretext.prior", "estimate the empirical ab prior over a data source and cache it"),
     "pretrain": ("pretext.trainer", "train a colorization encoder (the pretext task)"),
     "colorize": ("pretext.colorize", "colorize photos with a trained checkpoint"),
     "eval-color": ("downstream.color_eval", "score colorizations: AuC, rebalanced AuC, PSNR, classifier top-1"),

@@ -1,0 +1,279 @@
+"""Data-dependent initialisation (Krähenbühl, Doersch, Donahue, Darrell, ICLR 2016) and
+the Gaussian baseline, for any encoder of the registry.
+
+``kmeans_init_(model, batches)`` visits the Conv2d / ConvTranspose2d / BatchNorm2d layers
+in the order a forward pass calls them (found with hooks, so it works for AlexNet, VGG
+and timm's ResNet alike) and, layer by layer, on the calibration batches pushed through
+the layers already initialised:
+
+* Conv2d (the k-means step, as in the authors' ``magic_init.py``): random patches of the
+  layer's *input* (``F.unfold`` with the conv's kernel, stride, padding, dilation; per
+  group for grouped convs) are centred, PCA-whitened onto their top ``out_channels``
+  components, normalised to unit length and clustered with scikit-learn's
+  ``MiniBatchKMeans`` (``k = out_channels``); the centres, mapped back through the
+  whitening, are the filters. ConvTranspose2d (VGG's conv8 upsampling) has no patch
+  view: it gets Gaussian filters (the paper's ``elwise`` type).
+* then every conv is rescaled on data so each output channel has zero mean and unit
+  variance: ``W /= std``, ``bias = -mean / std`` (convs without a bias leave the mean
+  to the BatchNorm that follows them);
+* BatchNorm2d: affine set to the identity (weight 1, bias 0), running mean / variance
+  set to the exact statistics of its input on the calibration data, so in eval mode
+  each BN output channel is standardised on that data.
+
+The paper's optional between-layer step (equalising the rate of change of every layer)
+is not applied. ``gaussian_init_`` is the data-independent baseline (Gaussian filters,
+std 0.01 as Caffe's ``gaussian`` filler); with ``batches`` its BN running statistics are
+computed from data the same way (otherwise BN is the identity).
+
+Entry points take the model in any mode and restore it; everything runs under
+``torch.no_grad`` on the model's device. ``kmeans_init(model, loader, device)`` wraps
+``kmeans_init_`` for a loader of skip-aware batches (uint8 RGB, ``pretext.sources``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["kmeans_init", "kmeans_init_", "gaussian_init_", "calibration_batches", "kmeans_filters"]
+
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+_LAYERS = _CONVS + (nn.BatchNorm2d,)
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass at the layer being initialised."""
+
+
+class _Moments:
+    """Per-channel mean / variance of [N, C, H, W] tensors, accumulated in float64."""
+
+    def __init__(self):
+        self.n, self.s, self.ss = 0, 0.0, 0.0
+
+    def add(self, t: torch.Tensor) -> None:
+        t = t.detach().double()
+        self.n += t.numel() // t.shape[1]
+        self.s = self.s + t.sum((0, 2, 3))
+        self.ss = self.ss + (t * t).sum((0, 2, 3))
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.s / self.n
+        return mean, (self.ss / self.n - mean * mean).clamp_min(0.0)
+
+
+def _call_order(model: nn.Module, forward: Callable, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Conv / BN layers in the order one forward pass first calls them."""
+    order: dict[str, nn.Module] = {}
+
+    def seen(name: str, mod: nn.Module) -> None:  # a pre-hook's return value would replace the input
+        order.setdefault(name, mod)
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: seen(name, mod))
+             for name, m in model.named_modules() if isinstance(m, _LAYERS)]
+    try:
+        forward(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return list(order.items())
+
+
+def _capture(forward: Callable, module: nn.Module, batches: list[torch.Tensor], fn: Callable,
+             where: str) -> None:
+    """Run each batch up to ``module``; ``fn`` gets its input ("input") or output ("output")
+    inside the hook (before an in-place ReLU can change it); the pass then stops."""
+    def pre(mod, args):
+        fn(args[0])
+        raise _Stop
+
+    def post(mod, args, out):
+        fn(out)
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(pre) if where == "input" else module.register_forward_hook(post)
+    try:
+        for x in batches:
+            try:
+                forward(x)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+
+
+def _patches(x: torch.Tensor, conv: nn.Conv2d, keep: int, gen: torch.Generator, chunk: int = 8) -> torch.Tensor:
+    """``keep`` random patches of the conv's input ``x`` [N, Cin, H, W] -> [keep', Cin*kh*kw] (CPU)."""
+    n_chunks = -(-x.shape[0] // chunk)
+    per_chunk, out = -(-keep // n_chunks), []
+    for part in x.split(chunk):  # unfold a few images at a time: [n, Cin*kh*kw, L] can be large
+        cols = F.unfold(part, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # [n*L, Cin*kh*kw]
+        idx = torch.randperm(cols.shape[0], generator=gen)[:per_chunk]
+        out.append(cols[idx.to(cols.device)].float().cpu())
+    return torch.cat(out)
+
+
+def kmeans_filters(patches: np.ndarray, n_out: int, seed: int = 0) -> np.ndarray:
+    """Filters [n_out, d] from patches [M, d]: centre, PCA-whiten onto the top
+    min(n_out, d) components, normalise rows, k-means (k = n_out), map centres back."""
+    rng = np.random.default_rng(seed)
+    if patches.shape[0] < n_out:  # too little data: Gaussian filters (magic_init does the same)
+        return rng.normal(0.0, 1.0, (n_out, patches.shape[1]))
+    from sklearn.cluster import MiniBatchKMeans
+
+    d = patches.astype(np.float64)
+    d = d - d.mean(0, keepdims=True)
+    s, v = np.linalg.eigh(d.T @ d)
+    ids = np.argsort(s)[-n_out:]
+    s, v = s[ids], v[:, ids]
+    inv = np.where(s >= 1e-6, 1.0 / np.sqrt(np.maximum(s, 0.0) + 1e-3), 0.0)
+    whiten = v * inv                                      # [d, r]
+    wd = d @ whiten                                       # [M, r]
+    wd /= np.linalg.norm(wd, axis=1, keepdims=True) + 1e-12
+    km = MiniBatchKMeans(n_clusters=n_out, batch_size=max(1024, 10 * n_out), n_init=1,
+                         random_state=seed).fit(wd)
+    return km.cluster_centers_ @ whiten.T                  # [n_out, d]
+
+
+def _set_kmeans_filters(conv: nn.Conv2d, forward: Callable, batches: list[torch.Tensor],
+                        max_patches: int, seed: int) -> None:
+    groups, cout = conv.groups, conv.out_channels
+    per_group = cout // groups
+    keep = min(max_patches, max(10 * per_group, 2 * per_group))  # magic_init: 10 samples per filter
+    gen = torch.Generator().manual_seed(seed)
+    collected: list[torch.Tensor] = []
+    per_batch = -(-keep // len(batches))
+    _capture(forward, conv, batches, lambda x: collected.append(_patches(x, conv, per_batch, gen)), "input")
+    cols = torch.cat(collected).numpy()                   # [M, Cin*kh*kw]
+    width = cols.shape[1] // groups
+    w = conv.weight                                       # [Cout, Cin/g, kh, kw]
+    for g in range(groups):
+        filt = kmeans_filters(cols[:, g * width:(g + 1) * width], per_group, seed + g)
+        w[g * per_group:(g + 1) * per_group] = torch.from_numpy(filt).reshape(per_group, *w.shape[1:]).to(w)
+
+
+def _standardise_conv(conv: nn.Module, forward: Callable, batches: list[torch.Tensor]) -> None:
+    """Scale filters so each output channel has unit variance on the data; bias -> zero mean."""
+    if conv.bias is not None:
+        conv.bias.zero_()
+    moments = _Moments()
+    _capture(forward, conv, batches, moments.add, "output")
+    mean, var = moments.mean_var()
+    std = var.sqrt()
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a dead channel stays as it is
+    dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0    # the output-channel axis of the weight
+    shape = [1] * conv.weight.dim()
+    shape[dim] = -1
+    conv.weight.div_(std.reshape(shape).to(conv.weight))
+    if conv.bias is not None:
+        conv.bias.copy_((-mean / std).to(conv.bias))
+
+
+def _calibrate_bn(bn: nn.BatchNorm2d, forward: Callable, batches: list[torch.Tensor]) -> None:
+    """Identity affine; running statistics = the exact statistics of the BN's input."""
+    if bn.affine:
+        bn.weight.fill_(1.0)
+        bn.bias.zero_()
+    moments = _Moments()
+    _capture(forward, bn, batches, moments.add, "input")
+    mean, var = moments.mean_var()
+    bn.running_mean.copy_(mean.to(bn.running_mean))
+    bn.running_var.copy_(var.to(bn.running_var))
+
+
+def _forward_fn(model: nn.Module, include_head: bool) -> Callable:
+    if include_head or not hasattr(model, "forward_features"):
+        return model
+    return model.forward_features  # every tap: the whole trunk, no colour head
+
+
+def _layer_loop(model: nn.Module, batches: list[torch.Tensor], include_head: bool,
+                init_conv: Callable | None) -> dict[str, str]:
+    if not batches:
+        raise ValueError("data-dependent init needs at least one calibration batch")
+    forward = _forward_fn(model, include_head)
+    was_training = model.training
+    model.eval()
+    report = {}
+    try:
+        with torch.no_grad():
+            for name, m in _call_order(model, forward, batches[0][:1]):
+                if isinstance(m, nn.BatchNorm2d):
+                    _calibrate_bn(m, forward, batches)
+                    report[name] = "bn: identity, data statistics"
+                elif init_conv is not None:
+                    report[name] = init_conv(m, forward)
+    finally:
+        model.train(was_training)
+    return report
+
+
+def kmeans_init_(model: nn.Module, batches: Iterable[torch.Tensor], include_head: bool = False,
+                 max_patches: int = 20000, seed: int = 0) -> dict[str, str]:
+    """Krähenbühl et al. k-means init, in place. ``batches``: encoder inputs [N, 1, H, W]
+    (normalised L) on the model's device. ``include_head`` also initialises the colour
+    head (the pretext wants it; a probe does not run it). Returns {layer: what was done}."""
+    batches = list(batches)
+
+    def init_conv(conv: nn.Module, forward: Callable) -> str:
+        how = "kmeans"
+        if isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str):
+            _set_kmeans_filters(conv, forward, batches, max_patches, seed)
+        else:
+            nn.init.normal_(conv.weight)
+            how = "gaussian"
+        _standardise_conv(conv, forward, batches)
+        return how + " + unit variance"
+    return _layer_loop(model, batches, include_head, init_conv)
+
+
+def gaussian_init_(model: nn.Module, std: float = 0.01, batches: Iterable[torch.Tensor] | None = None,
+                   seed: int = 0, include_head: bool = True) -> dict[str, str]:
+    """The Gaussian baseline, in place: conv / linear weights ~ N(0, std^2), biases 0, BN
+    affine identity. With ``batches`` the BN running statistics come from data (as in
+    ``kmeans_init_``), else they are reset to mean 0, variance 1."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _CONVS + (nn.Linear,)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
+    if batches is None:
+        return {"all": f"gaussian std {std}, bn identity"}
+    return _layer_loop(model, list(batches), include_head, None)
+
+
+def calibration_batches(loader: Iterable[dict], device: torch.device | str, max_images: int = 512) -> list[torch.Tensor]:
+    """Encoder inputs [n, 1, H, W] (normalised L on ``device``) from skip-aware batches of
+    uint8 RGB images, up to ``max_images`` in all."""
+    from pretext.encoders import normalize_l
+    from pretext.pipeline import to_lab
+
+    out, total = [], 0
+    for batch in loader:
+        images = batch["image"]
+        if not isinstance(images, torch.Tensor) or images.shape[0] == 0:
+            continue
+        images = images[: max_images - total]
+        out.append(normalize_l(to_lab(images, torch.device(device))[:, :1]))
+        total += images.shape[0]
+        if total >= max_images:
+            break
+    if not out:
+        raise ValueError("data-dependent init: the loader gave no usable image")
+    return out
+
+
+def kmeans_init(model: nn.Module, loader: Iterable[dict], device: torch.device | str,
+                max_images: int = 512, include_head: bool = True, max_patches: int = 20000,
+                seed: int = 0) -> dict[str, str]:
+    """``kmeans_init_`` on up to ``max_images`` images of ``loader`` (uint8 RGB batches).
+    The colour head is included by default: this is the pretext trainer's entry point."""
+    batches = calibration_batches(loader, device, max_images)
+    return kmeans_init_(model, batches, include_head=include_head, max_patches=max_patches, seed=seed)
