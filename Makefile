@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(BIN)/colorbench demo
+	$(BIN)/colorbench demo --config configs/suites/demo.yaml
 
 clean:
 	rm -rf $(VENV) build *.egg-info
