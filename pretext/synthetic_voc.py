@@ -30,8 +30,8 @@ IGNORE_INDEX = 255
 
 # VOC's "difficult" flag marks objects the annotators judged hard to recognise
 # without context; here: few visible pixels, or mostly hidden behind other objects.
-DIFFICULT_MIN_AREA_FRAC = 0.01   # visible pixels / image pixels
-DIFFICULT_MIN_VISIBLE_FRAC = 0.35  # visible pixels / the object's own in-image pixels
+DIFFICULT_MIN_AREA_FRAC = 0.015  # visible pixels / image pixels
+DIFFICULT_MIN_VISIBLE_FRAC = 0.5  # visible pixels / the object's own in-image pixels
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,32 @@ def _write_lines(path: str, lines: list[str]) -> None:
         handle.write("".join(line + "\n" for line in lines))
 
 
-def make_dirs(root: str) -> None:
+def write_item(root: str, image_id: str, rgb: np.ndarray, instances: np.ndarray, masks: list[np.ndarray],
+               class_ids: list[int], classes: list[str]) -> tuple[dict[str, int], int]:
+    """All files of one image: JPEG, XML, class and object masks. ``rgb`` uint8
+    [H, W, 3]; ``instances`` / ``masks`` as in ``annotate``. Returns the image's
+    per-class labels (1 / 0 / -1) and its number of difficult objects."""
+    base = voc_dir(root)
+    height, width = instances.shape
+    Image.fromarray(rgb).save(os.path.join(base, "JPEGImages", f"{image_id}.jpg"), quality=95)
+    objects = annotate(instances, masks, [classes[c] for c in class_ids])
+    write_annotation(os.path.join(base, "Annotations", f"{image_id}.xml"), image_id, width, height, objects)
+    cls_map, obj_map = segmentation_maps(instances, class_ids)
+    save_palette_png(os.path.join(base, "SegmentationClass", f"{image_id}.png"), cls_map)
+    save_palette_png(os.path.join(base, "SegmentationObject", f"{image_id}.png"), obj_map)
+    return image_labels(objects, classes), sum(obj.difficult for obj in objects)
+
+
+def write_voc(root: str, items, classes: list[str]) -> dict[str, int]:
+    """Write a whole VOCdevkit from ``items``: (image_id, rgb, instances, masks,
+    class_ids) in order; the i-th item goes to split ``split_of(i)``. Returns counts."""
     base = voc_dir(root)
     for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
+    splits, labels, difficult = {}, {}, 0
+    for index, (image_id, rgb, instances, masks, class_ids) in enumerate(items):
+        labels[image_id], n_difficult = write_item(root, image_id, rgb, instances, masks, class_ids, classes)
+        splits[image_id], difficult = split_of(index), difficult + n_difficult
+    write_image_sets(root, splits, labels, classes)
+    counts = {f"voc/{s}": sum(v == s for v in splits.values()) for s in ("train", "val", "test")}
+    return {**counts, "voc/difficult_objects": difficult}
