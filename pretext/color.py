@@ -12,6 +12,7 @@ Everything is batched torch on any device:
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from functools import lru_cache
 
 import kornia.color
@@ -39,7 +40,8 @@ def check_image_batch(x: torch.Tensor, name: str, channels: int = 3) -> None:
         raise ValueError(f"{name}: expected shape [N,{channels},H,W], got {list(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
-    if not torch.isfinite(x).all():
+    # aminmax propagates NaN: one fast reduction instead of an elementwise isfinite pass
+    if x.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
         raise ValueError(f"{name}: input contains NaN or inf")
 
 
@@ -107,20 +109,52 @@ class SoftEncoding:
         return self.indices.gather(1, self.weights.argmax(1, keepdim=True)).squeeze(1)
 
 
-class SoftEncoder:
-    """Exact K-nearest-centre search through a lookup table over ab cells.
+def _coarse_candidates(centers: torch.Tensor, k: int, cell: float, extent: float):
+    """For the square cells of side ``cell`` tiling [-extent, extent]²: every centre that
+    can be among the k nearest of *some* point of the cell (with D = the k-th smallest
+    *farthest* distance from the cell to a centre, a centre whose *nearest* distance
+    exceeds D never qualifies). Returns the candidates [C,M] (index order, padded with
+    the sentinel index Q), the cells' lower corners [C,2] (float64) and the distance from
+    each cell to its nearest centre [C]."""
+    q, side = centers.shape[0], int(round(2 * extent / cell))
+    lo = torch.arange(side, dtype=torch.float64) * cell - extent
+    corner = torch.stack(torch.meshgrid(lo, lo, indexing="ij"), -1).view(-1, 1, 2)  # [C,1,2]
+    rel = centers.double()[None] - corner  # [C,Q,2] centres from each cell's lower corner
+    near = (rel.clamp(0, cell) - rel).norm(dim=-1)  # [C,Q] nearest / farthest point of the cell
+    far = torch.maximum(rel.abs(), (rel - cell).abs()).norm(dim=-1)
+    candidate = near <= far.kthvalue(min(k, q), dim=1, keepdim=True).values + 1e-3  # slack: fp32 pixels
+    order = torch.argsort((~candidate).to(torch.int8), dim=1, stable=True)[:, : int(candidate.sum(1).max())]
+    cand = torch.where(candidate.gather(1, order), order, torch.full_like(order, q))  # [C,M]
+    return cand, corner.view(-1, 2), near.min(1).values
 
-    The ab plane is cut into square cells of side ``cell``. For each cell we keep the
-    candidate centres that can be among the K nearest of *some* point of the cell: with
-    D = the K-th smallest *farthest* distance from the cell to a centre (no point of the
-    cell has its K-th neighbour farther than D), a centre whose *nearest* distance to the
-    cell exceeds D can never qualify. Lists are padded to a common length M with a
-    sentinel far away, so a pixel costs M distances and a top-K instead of 313
-    (or a ball tree). Points outside the table's box fall back to brute force.
+
+class SoftEncoder:
+    """Exact K-nearest-centre search through two lookup tables over the ab plane.
+
+    Fine table (the fast path): square cells of side ``fine`` (a power of two, 0.25). For
+    centres i, j, d²(p,ci) - d²(p,cj) is linear in p, so "the n nearest centres of p are
+    the set S" holds on a whole cell iff it holds at its 4 corners; the build checks that
+    exactly (float64, grid values) for S_n = the n centres nearest to the cell's middle:
+      * fixed cell: S_1 and S_K hold (~93% of Lab pixels for K=5): the K neighbours are
+        known, only their Gaussian weights remain to compute;
+      * pair cell: S_1, S_{K-1} and S_{K+1} hold (~6%): the K-th neighbour is the nearer
+        of the two centres of S_{K+1} - S_{K-1}, one comparison;
+      * general cell (~0.6%, and the border onto which outside pixels are clamped): the
+        coarse path below.
+    A cell's row has K+1 slots: the nearest, the rest of the set, the contenders in slots
+    K-1, K (fixed: slot K is a far sentinel; general: all are). Equal rows are shared (~6k
+    for K=5): cell table [cells] int32 -> row table [3(K+1),R] of centre indices and
+    coordinates, gathered per pixel. ``floor(a / fine)`` is exact in any float dtype, so a
+    pixel lies in the closed cell it gets (ties on cell edges are exact too). fp32 d² order
+    a pair to a relative 3e-7; closer calls go to the coarse path, which is float64.
+
+    Coarse path: cells of side ``cell`` with their candidates for the K+1 nearest (see
+    ``_coarse_candidates``), a top-K over [M,P'] in float64; brute force outside its box.
+    For K > ``max_fine_k`` (or ``fine=None``) every pixel takes it (the build grows with K).
     """
 
     def __init__(self, centers: torch.Tensor, k: int = 5, sigma: float = 5.0, cell: float = 5.0,
-                 extent: float = 130.0):
+                 extent: float = 130.0, fine: float | None = 0.25, max_fine_k: int = 10):
         q = centers.shape[0]
         if not 1 <= k <= q:
             raise ValueError(f"soft_encode: k must be in [1, {q}], got {k}")
@@ -129,79 +163,142 @@ class SoftEncoder:
         self.k, self.sigma, self.cell, self.extent = k, float(sigma), float(cell), float(extent)
         self.centers = centers.float().cpu()
         self.side = int(round(2 * extent / cell))
-        lo = torch.arange(self.side, dtype=torch.float64) * cell - extent  # cell lower edges
-        a0, b0 = torch.meshgrid(lo, lo, indexing="ij")
-        a0, b0 = a0.reshape(-1, 1), b0.reshape(-1, 1)  # [C,1]
-        ca, cb = self.centers[:, 0].double()[None], self.centers[:, 1].double()[None]  # [1,Q]
-        # nearest / farthest distance from each cell (rectangle) to each centre: [C,Q]
-        near_a = (a0 - ca).clamp(min=0) + (ca - (a0 + cell)).clamp(min=0)
-        near_b = (b0 - cb).clamp(min=0) + (cb - (b0 + cell)).clamp(min=0)
-        far_a = torch.maximum((ca - a0).abs(), (ca - a0 - cell).abs())
-        far_b = torch.maximum((cb - b0).abs(), (cb - b0 - cell).abs())
-        near = (near_a**2 + near_b**2).sqrt()
-        far = (far_a**2 + far_b**2).sqrt()
-        bound = far.kthvalue(k, dim=1, keepdim=True).values  # [C,1]
-        candidate = near <= bound + 1e-6  # [C,Q]
-        m = int(candidate.sum(1).max())
-        # sort so candidates come first; pad with the sentinel index q
-        order = torch.argsort((~candidate).to(torch.int8), dim=1, stable=True)[:, :m]
-        valid = candidate.gather(1, order)  # [C,M]
-        cand = torch.where(valid, order, torch.full_like(order, q))
-        # candidate coordinates relative to their cell's lower corner, stored [M,C] so a
-        # pixel's M candidates are gathered along dim 1 and the work runs over [M,P]
-        # rows (vectorised over pixels) instead of tiny per-pixel rows
-        padded = torch.cat([self.centers.double(), torch.full((1, 2), 1e4, dtype=torch.float64)], 0)
-        self.rel_a = (padded[cand, 0] - a0).T.float().contiguous()  # [M,C]
-        self.rel_b = (padded[cand, 1] - b0).T.float().contiguous()  # [M,C]
+        cand, corner, nearest = _coarse_candidates(self.centers, k + 1, cell, extent)  # K+1: the fine build's
+        self.padded = torch.cat([self.centers.double(), torch.full((1, 2), 1e4, dtype=torch.float64)])  # + sentinel
+        # candidates from their cell's lower corner, [M,C]: the coarse path runs over [M,P'] rows
+        self.rel_a = (self.padded[cand, 0] - corner[:, :1]).T.contiguous()  # [M,C] float64
+        self.rel_b = (self.padded[cand, 1] - corner[:, 1:]).T.contiguous()
         self.cand = cand.T.contiguous()  # [M,C] centre index (q = sentinel)
-        self.width = m
+        self.fine = None
+        if fine and k < q and k <= max_fine_k:
+            # fine cells only near centres (an in-gamut colour is within 5*sqrt(2) of its bin's)
+            self._build_fine(cand, nearest <= 2 * cell, float(fine))
         self._device_cache: dict = {}
+
+    def _build_fine(self, cand: torch.Tensor, active: torch.Tensor, s: float) -> None:
+        k, q, per = self.k, self.centers.shape[0], int(round(self.cell / s))
+        if per * s != self.cell or 2.0 ** round(math.log2(s)) != s:
+            raise ValueError(f"SoftEncoder: fine must be a power of two dividing cell, got {s}")
+        c = self.padded  # [Q+1,2] float64
+        # a square box of ng x ng coarse cells around the centres (+1 cell each side)
+        g0 = max(int((c[:q].min() + self.extent) // self.cell) - 1, 0)
+        ng = min(int((c[:q].max() + self.extent) // self.cell) + 1, self.side - 1) - g0 + 1
+        box = ((torch.arange(ng)[:, None] + g0) * self.side + torch.arange(ng) + g0).view(-1)  # coarse ids
+        cand = torch.cat([cand, torch.full_like(cand[:, :3], q)], 1)  # [C,M+3], M >= K+1: K+4 to rank
+        u = torch.arange(per + 1, dtype=torch.float64) * s  # vertex offsets in a coarse cell [per+1]
+        per_cell = torch.full((ng * ng, per, per, k + 1), q, dtype=torch.int32)  # general unless found
+        for chunk in active[box].nonzero().squeeze(1).split(256):  # [G] positions in the box
+            cc = cand[box[chunk]]  # [G,M] candidates of each coarse cell
+            ra = (c[cc, 0] - (chunk // ng + g0)[:, None] * self.cell + self.extent)[:, None]  # [G,1,M]
+            rb = (c[cc, 1] - (chunk % ng + g0)[:, None] * self.cell + self.extent)[:, None]
+            sq_a, sq_b = (ra - u[:, None]) ** 2, (rb - u[:, None]) ** 2  # [G,per+1,M]: d² = sq_a + sq_b
+            mid = ((ra - u[:-1, None] - s / 2) ** 2)[:, :, None] + ((rb - u[:-1, None] - s / 2) ** 2)[:, None]
+            # the middle's K+3 nearest; any other candidate is at least sqrt(t) - s/sqrt(2)
+            # from all of the cell (t: the (K+4)-th smallest d² at the middle)
+            t, order = mid.topk(k + 4, dim=-1, largest=False)  # [G,per,per,K+4]
+            beyond = (t[..., -1].sqrt() - s / math.sqrt(2)).clamp(min=0) ** 2 * (1 - 1e-12)  # rounded down
+            order, e = order[..., : k + 3], (-1, per, per, -1)
+            # S_n (n = 1, K-1, K, K+1; S_0 always) holds if at each corner its farthest is no farther than the rest
+            ok = {n: torch.ones(order.shape[:3], dtype=torch.bool) for n in {1, k - 1, k, k + 1} - {0}}
+            for da in (0, 1):
+                for db in (0, 1):
+                    d = sq_a[:, da:da + per, None].expand(e).gather(-1, order)  # [G,per,per,K+3] at a corner
+                    d += sq_b[:, None, db:db + per].expand(e).gather(-1, order)
+                    for n in ok:
+                        ok[n] &= d[..., :n].amax(-1) <= torch.minimum(d[..., n:].amin(-1), beyond)
+            first, ok[0] = ok[1] if k > 1 else True, True  # K = 1: slot 0 is the chosen contender
+            fixed, pair = first & ok[k], first & ok[k - 1] & ok[k + 1] & ~ok[k]
+            top = cc[:, None, None].expand(e).gather(-1, order[..., : k + 1])  # [G,per,per,K+1]
+            top[..., k][fixed] = q
+            top[~(fixed | pair)] = q
+            # canonical rows (nearest, the set sorted, the contenders) so equal cells share one
+            tail = torch.arange(k + 1) >= torch.where(fixed, k, k - 1)[..., None]
+            top[..., 1:] = (top[..., 1:] + tail[..., 1:] * (q + 1)).sort(-1).values % (q + 1)
+            per_cell[chunk] = top.int()
+        per_cell = per_cell.view(ng, ng, per, per, k + 1).transpose(1, 2).reshape(ng * per, ng * per, k + 1)
+        per_cell[[0, -1]], per_cell[:, [0, -1]] = q, q  # the border, where outside pixels land: general
+        per_cell = per_cell.view(-1, k + 1)  # [cells,K+1]
+        # share equal rows: hash each to an int64 (wrapping), unique, then verify exactly
+        mix = torch.randint(1, 2**62, (k + 1,), generator=torch.Generator().manual_seed(0)).tolist()
+        key = sum(per_cell[:, j].long() * m for j, m in enumerate(mix))  # [cells]
+        cell_row = torch.unique(key, return_inverse=True)[1]
+        table = per_cell.new_empty(int(cell_row.max()) + 1, k + 1).index_copy_(0, cell_row, per_cell)
+        if not torch.equal(table[cell_row], per_cell):  # a hash collision (never seen): exact unique
+            table, cell_row = torch.unique(per_cell, dim=0, return_inverse=True)
+        self.cell_row, table = cell_row.int(), table.long()  # [cells] -> row, [R,K+1]
+        # [3(K+1),R]: K+1 centre indices (exact as float), a, b coordinates; float32 gathers are fast
+        self.rows = torch.cat([table.T.float(), c[table.T, 0].float(), c[table.T, 1].float()]).contiguous()
+        self.fine, self.fine_box = s, (g0 * per - round(self.extent / s), ng * per)  # floor(a/s) of cell 0, side
 
     def _on(self, device: torch.device):
         if device not in self._device_cache:
-            self._device_cache[device] = tuple(t.to(device) for t in (self.rel_a, self.rel_b, self.cand, self.centers))
+            exact = torch.float32 if device.type == "mps" else torch.float64  # (mps has no float64)
+            tabs = [self.rel_a.to(device, exact), self.rel_b.to(device, exact), self.cand, self.centers]
+            tabs += [] if self.fine is None else [self.cell_row, self.rows]
+            self._device_cache[device] = tuple(t.to(device) for t in tabs)
         return self._device_cache[device]
+
+    def _general(self, a: torch.Tensor, b: torch.Tensor, tabs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse path for pixels a, b [P'], in float64 (fp32 d² cannot order gaps of 1e-6
+        at d² ~ 400): indices long [K,P'] (nearest first), their d² minus the nearest's."""
+        rel_a, rel_b, cand, centers = tabs[:4]
+        a, b, centers = a.to(rel_a.dtype), b.to(rel_a.dtype), centers.to(rel_a.dtype)
+        ia, ib = ((a + self.extent) / self.cell).floor().long(), ((b + self.extent) / self.cell).floor().long()
+        inside = (ia >= 0) & (ia < self.side) & (ib >= 0) & (ib < self.side)
+        ia, ib = ia.clamp(0, self.side - 1), ib.clamp(0, self.side - 1)
+        flat = ia * self.side + ib  # [P'] cell of each pixel
+        da = rel_a.index_select(1, flat) - (a - (ia * self.cell - self.extent))  # [M,P'] to the candidates
+        db = rel_b.index_select(1, flat) - (b - (ib * self.cell - self.extent))
+        d2k, row = (da * da + db * db).topk(self.k, dim=0, largest=False)  # [K,P'] nearest first
+        idx = cand.view(-1)[row * cand.shape[1] + flat]  # [K,P'] centre indices
+        if not bool(inside.all()):  # rare: far outside any Lab gamut -> brute force
+            out = (~inside).nonzero().squeeze(1)
+            d2_all = (a[out, None] - centers[:, 0]) ** 2 + (b[out, None] - centers[:, 1]) ** 2  # [P'',Q]
+            d2k[:, out], idx[:, out] = (t.T for t in d2_all.topk(self.k, dim=1, largest=False))
+        return idx, (d2k - d2k[:1]).float()
 
     def __call__(self, ab: torch.Tensor) -> SoftEncoding:
         check_image_batch(ab, "soft_encode", channels=2)
         n, _, h, w = ab.shape
-        rel_a, rel_b, cand, centers = self._on(ab.device)
-        a, b = ab[:, 0].reshape(-1).float(), ab[:, 1].reshape(-1).float()  # [P]
-        ia, ib = ((a + self.extent) / self.cell).floor().long(), ((b + self.extent) / self.cell).floor().long()
-        inside = (ia >= 0) & (ia < self.side) & (ib >= 0) & (ib < self.side)
-        ia, ib = ia.clamp(0, self.side - 1), ib.clamp(0, self.side - 1)
-        flat = ia * self.side + ib  # [P] cell of each pixel
-        # offsets to the candidates in local coordinates (small numbers: exact enough in fp32)
-        da = rel_a.index_select(1, flat) - (a - (ia * self.cell - self.extent))  # [M,P]
-        db = rel_b.index_select(1, flat) - (b - (ib * self.cell - self.extent))  # [M,P]
-        d2 = da * da + db * db  # [M,P]
-        # K smallest along dim 0 by repeated min (M ~ 13-20 rows: cheaper than topk)
-        chosen_d2, chosen_idx = [], []
-        for _ in range(self.k):
-            best, row = d2.min(0)  # [P]
-            chosen_d2.append(best)
-            chosen_idx.append(cand.view(-1)[row * cand.shape[1] + flat])
-            d2.scatter_(0, row[None], float("inf"))
-        d2k, idx = torch.stack(chosen_d2), torch.stack(chosen_idx)  # [K,P], nearest first
-        if not bool(inside.all()):  # rare: far outside any Lab gamut -> exact brute force
-            out = (~inside).nonzero().squeeze(1)
-            pts = torch.stack([a[out], b[out]], 1).double()
-            d2_all = (pts[:, None, :] - centers.double()[None]).pow(2).sum(-1)  # [P',Q]
-            far_d2, far_idx = d2_all.topk(self.k, dim=1, largest=False)
-            d2k[:, out], idx[:, out] = (far_d2 - far_d2[:, :1]).T.float(), far_idx.T
-            d2k[:, inside] -= d2k[:1, inside]
+        k, hw, tabs = self.k, h * w, self._on(ab.device)
+        ab = ab.reshape(n, 2, hw)
+        a, b = ab[:, 0].float(), ab[:, 1].float()  # [N,HW]
+        if self.fine is None:
+            idx, d2 = (t.view(k, n, hw) for t in self._general(a.reshape(-1), b.reshape(-1), tabs))
         else:
-            d2k = d2k - d2k[:1]
-        # Gaussian weights exp(-d^2 / 2 sigma^2), normalised over K (relative to the nearest)
-        weights = torch.exp(d2k * (-0.5 / self.sigma**2))
-        weights = weights / weights.sum(0, keepdim=True)
-        to_map = lambda t: t.view(self.k, n, h, w).permute(1, 0, 2, 3).contiguous()  # noqa: E731
-        return SoftEncoding(to_map(idx), to_map(weights).to(ab.dtype), num_bins=self.centers.shape[0])
+            cell_row, rows = tabs[4:]
+            lo, nf = self.fine_box
+            # the fine cell of each pixel, exact: floor in ab's own dtype, then small integers
+            t = (ab * (1.0 / self.fine)).floor_().float().sub_(lo).clamp_(0, nf - 1)  # [N,2,HW]
+            row = cell_row.index_select(0, torch.add(t[:, 1], t[:, 0], alpha=nf).int().view(-1))  # [P]
+            idx, ra, rb = rows.index_select(1, row).view(3, k + 1, n, hw)  # [K+1,N,HW] each
+            d2 = ra.sub_(a).square_().add_(rb.sub_(b).square_())  # in place: fresh memory is slow
+            # slot K-1 <- the nearer of the contenders K-1 and K
+            gap = d2[k] - d2[k - 1]  # [N,HW]
+            torch.where(gap < 0, idx[k], idx[k - 1], out=idx[k - 1])
+            torch.minimum(d2[k - 1], d2[k], out=d2[k - 1])
+            # ties within fp32 error go to the coarse path, so do general cells (all sentinel: gap 0)
+            sel = (gap.abs_() <= d2[k - 1] * 3e-6).view(-1).nonzero().squeeze(1)  # [P']
+            if sel.numel():
+                at = sel // hw * (2 * hw) + sel % hw  # [P'] where their a is in ab [N,2,HW]
+                gi, gd = self._general(ab.reshape(-1)[at].float(), ab.reshape(-1)[at + hw].float(), tabs)
+                idx.view(k + 1, -1)[:k, sel], d2.view(k + 1, -1)[:k, sel] = gi.float(), gd
+            idx, d2 = idx[:k], d2[:k]
+        # Gaussian weights exp(-d² / 2 sigma²) normalised over K, relative to slot 0 (the
+        # nearest: far points stay finite), in place and straight into the output
+        out_w = torch.empty(n, k, hw, dtype=ab.dtype, device=ab.device)
+        rel = d2[1:].sub_(d2[0]).mul_(-0.5 / self.sigma**2).exp_()  # [K-1,N,HW]
+        torch.reciprocal(rel.sum(0).add_(1.0), out=out_w[:, 0])  # [N,HW] weight of slot 0
+        torch.mul(rel, out_w[:, 0], out=out_w[:, 1:].transpose(0, 1))
+        out_i = torch.empty(n, k, hw, dtype=torch.long, device=ab.device).copy_(idx.transpose(0, 1))
+        return SoftEncoding(out_i.view(n, k, h, w), out_w.view(n, k, h, w), num_bins=self.centers.shape[0])
 
 
 @lru_cache(maxsize=16)
-def _cached_encoder(k: int, sigma: float) -> SoftEncoder:
-    return SoftEncoder(_published_centers(), k=k, sigma=sigma)
+def _cached_encoder(k: int, sigma: float, centers: bytes | None = None) -> SoftEncoder:
+    """Encoders by (k, sigma, centres as float32 bytes; None: the published 313)."""
+    table = _published_centers() if centers is None else torch.frombuffer(bytearray(centers), dtype=torch.float32)
+    return SoftEncoder(table.view(-1, 2), k=k, sigma=sigma)
 
 
 def soft_encode(ab: torch.Tensor, k: int = 5, sigma: float = 5.0, centers: torch.Tensor | None = None) -> SoftEncoding:
@@ -211,8 +308,10 @@ def soft_encode(ab: torch.Tensor, k: int = 5, sigma: float = 5.0, centers: torch
     code used K = 10)."""
     if not isinstance(k, int) or not 1 <= k <= (NUM_BINS if centers is None else centers.shape[0]):
         raise ValueError(f"soft_encode: k must be an int in [1, {NUM_BINS if centers is None else centers.shape[0]}], got {k}")
-    encoder = _cached_encoder(k, float(sigma)) if centers is None else SoftEncoder(centers, k=k, sigma=sigma)
-    return encoder(ab)
+    if centers is not None and (centers.dim() != 2 or centers.shape[1] != 2):
+        raise ValueError(f"soft_encode: centers must be [Q,2], got {list(centers.shape)}")
+    key = None if centers is None else centers.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return _cached_encoder(k, float(sigma), key)(ab)
 
 
 def decode(logits: torch.Tensor, mode: str = "annealed", T: float = 0.38,
