@@ -22,7 +22,7 @@ import pandas as pd
 from benchmarks.reference import PASCAL_PROTOCOLS, published_records
 from pretext.runs import RECORD_FIELDS, RECORD_SCHEMA
 
-TABLE1_COLUMNS = ("params_mb", "feature_memory_mb", "runtime_ms", "auc", "auc_rebalanced", "classifier_top1")
+TABLE1_COLUMNS = ("params_mb", "feature_mb", "runtime_ms", "auc", "rebalanced_auc", "psnr", "classifier_top1")
 FORMATS = ("md", "csv", "tex")
 
 
