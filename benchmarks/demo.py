@@ -33,6 +33,7 @@ class DemoConfig:
     runs_dir: str = "runs/demo"
     results_dir: str = "results/demo"
     seed: int = 0
+    make_data_args: list[str] = field(default_factory=list)  # e.g. ["--num-train", "50"]
     pretrain_config: str = "configs/pretext/tiny.yaml"
     pretrain_overrides: list[str] = field(default_factory=list)
     probe_config: str = "configs/downstream/probe_tiny.yaml"
@@ -53,11 +54,11 @@ class Demo:
         self.checkpoint = self.runs / "pretrain-full" / "checkpoints" / "last.pt"
         self.timings: dict[str, float] = {}
 
-    def step(self, name: str, done: Path, argv: list[str]) -> None:
+    def step(self, name: str, done: Path | None, argv: list[str]) -> None:
         """Run ``colorbench argv`` unless ``done`` exists (a finished earlier run)."""
         from benchmarks.cli import main as cli
 
-        if done.exists():
+        if done is not None and done.exists():
             print(f"[demo] {name}: reusing {done}", flush=True)
             return
         print(f"\n[demo] {name}: colorbench {' '.join(argv)}", flush=True)
@@ -90,7 +91,9 @@ class Demo:
 
     def run(self) -> None:
         cfg = self.cfg
-        self.step("make-data", self.data / "dataset.json", ["make-data", "--out", str(self.data), "--seed", str(cfg.seed)])
+        # make-data checks its own manifest (generator version, parameters): always ask it
+        self.step("make-data", None, ["make-data", "--out", str(self.data), "--seed", str(cfg.seed),
+                                      *cfg.make_data_args])
         train_root = str(self.data / "imagefolder")
         self.step("pretrain", self.runs / "pretrain-full" / "metrics.json",
                   ["pretrain", "--config", cfg.pretrain_config, "--run-dir", str(self.runs / "pretrain-full"),

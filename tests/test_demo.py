@@ -1,0 +1,33 @@
+"""End-to-end smoke run of `colorbench demo` with every step shrunk to seconds."""
+import json
+
+from benchmarks.cli import main as cli
+
+
+def test_demo_runs_every_step_and_reuses_them(tmp_path, capsys):
+    sets = {
+        "data_dir": tmp_path / "data", "runs_dir": tmp_path / "runs", "results_dir": tmp_path / "results",
+        "make_data_args": "[--size,48,--num-train,6,--num-val,3,--num-voc,4]",
+        "pretrain_overrides": "[iterations=3,batch_size=8,data.num_workers=0,val_images=8,data.val_limit=16,"
+                              "prior.max_images=32,ckpt_every=3,encoder_kwargs.width=0.125]",
+        "probe_overrides": "[data.augment=false,cache.enabled=true,optim.iterations=4,supervised.iterations=4,"
+                           "data.num_workers=0,data.batch_size=8,encoder_kwargs.width=0.125]",
+        "eval_overrides": "[--classifier-epochs,1,--timing-runs,1,--prior-images,32]",
+    }
+    argv = ["demo"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    runs = tmp_path / "runs"
+    for name in ("pretrain-full", "color", "probe-colorization", "probe-gaussian", "probe-kmeans", "probe-supervised"):
+        assert json.loads((runs / name / "metrics.json").read_text())["records"], name
+    tables = tmp_path / "results" / "tables"
+    probe = (tables / "probe_builtin.md").read_text()
+    for method in ("colorization", "gaussian", "kmeans", "supervised"):
+        assert f"| {method} | run " in probe
+    assert (tables / "probe_builtin.png").is_file() and (tables / "table1_builtin.md").is_file()
+    colorized = {p.name for p in (tmp_path / "results" / "colorized").iterdir()}
+    assert {"astronaut.png", "chelsea.png", "coffee.png", "rocket.png"} <= colorized
+    assert "Where everything is" in out
+    # a second run reuses every finished step
+    assert cli(argv) == 0
+    assert capsys.readouterr().out.count("reusing") >= 6
