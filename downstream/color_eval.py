@@ -271,9 +271,10 @@ def plot_curves(curves: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, kind, title in zip(axes, ("plain", "rebalanced"), ("AuC", "rebalanced AuC (lam = 0)")):
-        for name, c in curves.items():
+        for i, (name, c) in enumerate(curves.items()):
             area = 100 * (sum(c[kind]) - (c[kind][0] + c[kind][-1]) / 2) / (len(c[kind]) - 1)
-            ax.plot(range(len(c[kind])), [100 * v for v in c[kind]], label=f"{name} ({area:.1f})")
+            ax.plot(range(len(c[kind])), [100 * v for v in c[kind]], label=f"{name} ({area:.1f})",
+                    color=plt.cm.tab20(i % 20), linestyle="--" if name in BASELINES else "-")
         ax.set(title=title, xlabel="ab distance threshold t", xlim=(0, len(c[kind]) - 1), ylim=(0, 100.5))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% pixels within t")
