@@ -13,3 +13,14 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"fixture {path} not present (../shared is only on the project's machines)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds spin-waits on a busy 2-core machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -8,13 +8,7 @@ from pretext.encoders import build_encoder
 from pretext.kmeans_init import gaussian_init_, kmeans_filters, kmeans_init, kmeans_init_
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a second OpenMP thread only adds spin-waits on a busy 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:

@@ -24,12 +24,7 @@ ALEXNET_227 = {"conv1": 9600, "conv2": 9216, "conv3": 9600, "conv4": 9600, "conv
 RESNET50_224 = {"conv1": 9216, "res2": 9216, "res3": 8192, "res4": 9216, "res5": 8192}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
