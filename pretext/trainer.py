@@ -264,7 +264,7 @@ class Trainer:
 
     # -- validation --------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, max_images: int) -> dict:
+    def evaluate(self, max_images: int) -> tuple[dict, torch.Tensor | None]:
         """Validation loss, the prior-only baseline loss and AuC on the held-out split."""
         d = self.cfg.data
         source = build_source(d.kind, d.root, d.val_split, list_file=d.list_file,
