@@ -1,8 +1,14 @@
 """The ``colorbench`` command line.
 
 Each subcommand lives in the module that owns its concern; that module exposes
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only for the
-subcommand being run, so ``colorbench --help`` answers without importing torch.
+``add_arguments(parser)`` and ``run(args) -> int`` (or a named pair, e.g.
+``add_prior_arguments`` / ``run_prior``). Modules are imported only for the subcommand
+being run, so ``colorbench --help`` answers without importing torch.
+
+User errors are handled here, in one place: a bad config key, a missing path, a file
+that is not a checkpoint, a bad argument value print one line on stderr naming what and
+where, and exit with code 2; ``--debug`` (anywhere on the command line) shows the
+traceback instead.
 """
 from __future__ import annotations
 
@@ -12,26 +18,31 @@ import sys
 
 from pretext import __version__
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "make-data": ("pretext.synthetic", "write the built-in procedural benchmark (ImageFolder + VOCdevkit)"),
-    "prior": ("pretext.prior", "estimate the empirical ab prior over a data source and cache it"),
-    "pretrain": ("pretext.trainer", "train a colorization encoder (the pretext task)"),
-    "colorize": ("pretext.colorize", "colorize photos with a trained checkpoint"),
-    "eval-color": ("downstream.color_eval", "score colorizations: AuC, rebalanced AuC, PSNR, classifier top-1"),
-    "probe": ("downstream.linear_probe", "linear probes on frozen features of every conv layer"),
-    "table": ("benchmarks.tables", "build comparison tables and plots from run records"),
-    "demo": ("benchmarks.demo", "run the whole suite end to end on the built-in data"),
-    "speed": ("benchmarks.speed", "speed benchmarks (ratios against a reference, measured in one run)"),
+# name -> (module, function suffix ("" = add_arguments / run), one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "make-data": ("pretext.data.synthetic.generate", "", "write the built-in procedural benchmark (ImageFolder + VOCdevkit)"),
+    "prior": ("pretext.train", "prior", "estimate the empirical ab prior over a data source and cache it"),
+    "pretrain": ("pretext.train", "", "train a pretext method (colorization) on an encoder"),
+    "colorize": ("pretext.colorize", "", "colorize photos with a trained checkpoint"),
+    "eval-color": ("downstream.color_quality.evaluate", "", "score colorizations: AuC, rebalanced AuC, PSNR, classifier top-1"),
+    "probe": ("downstream.probe.linear_probe", "", "linear probes on frozen features of every conv layer"),
+    "table": ("benchmarks.tables", "", "build comparison tables and plots from run records"),
+    "study": ("downstream.study.cli", "", "perceptual realism study: create, serve, report (2AFC real vs fake)"),
+    "demo": ("benchmarks.demo", "", "run the whole suite end to end on the built-in data"),
+    "speed": ("benchmarks.speed", "", "speed benchmarks (ratios against a reference, measured in one run)"),
 }
+
+# Exceptions that mean "the user gave something wrong" (configs, paths, files, values).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = [f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items()]
+    lines = [f"  {name:<11} {text}" for name, (_, _, text) in COMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog="colorbench",
         description="Colorization pretext training and transfer benchmarks.",
-        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'colorbench COMMAND --help' for a command's options.",
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun 'colorbench COMMAND --help' for a command's options; "
+               "add --debug to see a traceback instead of a one-line error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"colorbench {__version__}")
@@ -39,26 +50,38 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)) and exc.filename:
+        text = f"{exc.strerror or text}: {exc.filename}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0].startswith("-"):
         _top_parser().parse_args(argv or ["--help"])
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         _top_parser().error(f"unknown command {name!r}; choose from: {', '.join(COMMANDS)}")
-    module_name, text = COMMANDS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            print(f"colorbench {name}: not available in this version yet ({module_name} is missing)", file=sys.stderr)
-            return 2
-        raise
+    module_name, suffix, text = COMMANDS[name]
+    module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"colorbench {name}", description=text)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    getattr(module, f"add_{suffix}_arguments" if suffix else "add_arguments")(parser)
+    args = parser.parse_args(rest)  # a bad flag: argparse's usage line and exit code 2
+    try:
+        return int(getattr(module, f"run_{suffix}" if suffix else "run")(args) or 0)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"colorbench {name}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"colorbench {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pretext.config import git_revision, load_config
+from pretext.engine.config import git_revision, load_config
 
 REAL_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

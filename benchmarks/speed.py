@@ -55,7 +55,8 @@ def original_soft_encode(ab: np.ndarray, centers: np.ndarray, k: int, sigma: flo
 
 
 def bench_encode(repeats: int, k: int = 5) -> list[dict]:
-    from pretext.color import ab_centers, rgb_to_lab, soft_encode
+    from pretext.color.bins import ab_centers, soft_encode
+    from pretext.color.lab import rgb_to_lab
 
     torch.manual_seed(0)
     # realistic ab values: Lab of random colours, 40 x 44 x 44 (the paper's targets)
@@ -76,7 +77,7 @@ def bench_encode(repeats: int, k: int = 5) -> list[dict]:
 def bench_lab(repeats: int) -> dict:
     from skimage import color as skcolor
 
-    from pretext.color import rgb_to_lab
+    from pretext.color.lab import rgb_to_lab
 
     torch.manual_seed(0)
     rgb = torch.rand(16, 3, 176, 176)

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import torch
 
-from pretext.config import load_config
-from pretext.pipeline import SeededAugmentation, StepBatchSampler, prepare_batch
-from pretext.sources import build_source, collate_skip_bad, train_transform
-from pretext.trainer import PretrainConfig, build_model
+from pretext.engine.config import load_config
+from pretext.color.targets import prepare_batch
+from pretext.data.loader import SeededAugmentation, StepBatchSampler
+from downstream.color_quality.classifier import train_transform
+from pretext.data.sources import build_source
+from pretext.data.loader import collate_skip_bad
+from pretext.train import PretrainConfig, build_model
 
 
 def _loader(cfg: PretrainConfig, steps: int):
@@ -44,7 +47,7 @@ def data_path_rate(cfg: PretrainConfig, steps: int, out_size: tuple[int, int]) -
 
 def training_rate(cfg: PretrainConfig, steps: int) -> float:
     model = build_model(cfg)
-    from pretext.losses import colorization_loss
+    from pretext.color.losses import colorization_loss
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr_values[0], betas=tuple(cfg.optim.betas))
     weights = torch.ones(313)

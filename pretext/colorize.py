@@ -1,11 +1,11 @@
 """``colorbench colorize``: colorize photos (or legacy black-and-white photos) with a
-trained pretext checkpoint.
+trained pretext checkpoint, through the method's ``predict_ab`` (``pretext.methods``).
 
     colorbench colorize photo.jpg old_photos/ --checkpoint runs/tiny/checkpoints/last.pt \
-        --out colorized/ [--decode annealed --T 0.38] [--size 256] [--grid] [--overwrite]
+        --out colorized/ [--decoder annealed] [--size 256] [--grid] [--overwrite]
 
 Any size, aspect ratio and file mode (gray, RGB, RGBA, CMYK, 16-bit: see
-``pretext.sources.load_rgb``). A colour input is reduced to its L channel first.
+``pretext.data.images.load_rgb``). A colour input is reduced to its L channel first.
 
 Working size (the choice, documented): the network sees the image resized (aspect
 kept) so that its *short side* is ``--size`` pixels; the predicted ab is upsampled
@@ -16,17 +16,18 @@ side), so a 3000-pixel photo fed natively would look "zoomed in" to it and cost 
 the compute and memory; (2) ab is low-frequency and people are far less sensitive to
 chroma resolution than to lightness, so upsampled ab loses little, while keeping the
 full-resolution L keeps every edge and texture of the original. The default is the
-short side the checkpoint was trained at (its config's ``data.resize``), else 256;
+short side the checkpoint's training images were resized to before cropping (its
+config's ``data.resize``: the scale its objects were learnt at), else 256;
 ``--size 0`` runs at the native resolution. The working size is never below the
-encoder's minimum input (``min_size``, 35 for ``alexnet_cc``).
+trunk's minimum input (``min_size``, 35 for ``alexnet_cc``).
 
 ``Colorizer.costs`` measures Table 1's cost columns (parameters, activation memory via
 forward hooks, runtime) for ``colorbench eval-color``.
 
-Checkpoints: any registered encoder with a colorization head: 313-way heads (``full``
-and ``class`` losses) are decoded by ``mean`` / ``mode`` / ``annealed``; 2-channel heads
-(``l2`` loss, ``encoder_kwargs.num_bins = 2``) predict ab directly. A checkpoint without
-head weights (a trunk, a probe or a supervised model) is refused with a clear error.
+Checkpoints: any checkpoint with a pretext method (``load_method``); the method decides
+how a prediction becomes ab (Zhang's 313-bin heads by ``mean`` / ``mode`` /
+``annealed``, its ``l2`` head directly). A trunk-only checkpoint (supervised, k-means,
+an export) is refused by ``load_method`` with a clear ``CheckpointError``.
 """
 from __future__ import annotations
 
@@ -37,50 +38,60 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from pretext.color import NUM_BINS, decode as decode_logits, lab_to_rgb
-from pretext.config import git_revision
-from pretext.encoders import build_encoder, normalize_l
-from pretext.losses import colorful_mask
-from pretext.pipeline import to_lab
-from pretext.runs import CHECKPOINT_FORMAT, load_checkpoint, load_state_strict
-from pretext.sources import BadSample, ImageSource, folder_samples
+from pretext.color.lab import lab_to_rgb
+from pretext.color.losses import colorful_mask
+from pretext.color.targets import to_lab
+from pretext.data.images import BadSample
+from pretext.data.sources import ImageSource, folder_samples
+from pretext.encoders import normalize_l
+from pretext.engine.config import git_revision
+from pretext.methods import Method, load_method
+from pretext.methods.zhang import DECODERS
 
-DECODERS = ("mean", "mode", "annealed")
 DEFAULT_SIZE = 256  # the paper's ImageNet images: short side 256
 MIB = 2.0**20
 
 
 class ColorizeError(ValueError):
-    """A checkpoint or an argument that cannot be used to colorize."""
+    """An argument or an output folder that cannot be used to colorize."""
+
+
+def method_decoders(method: Method) -> tuple[str, ...]:
+    """The decoders ``method.predict_ab`` tells apart; () when it regresses ab directly
+    (Zhang's ``l2``), so eval-color scores it once rather than once per decoder."""
+    own = getattr(method, "decoders", None)
+    if own is not None:
+        return tuple(own)
+    return () if getattr(method, "loss_name", None) == "l2" else DECODERS
+
+
+def method_label(method: Method) -> str:
+    """Record name of a method's rows: Zhang's keep the paper's ``colorization-<loss>``."""
+    own = getattr(method, "record_name", None)
+    if own:
+        return str(own)
+    return f"colorization-{method.loss_name}" if method.method_name == "zhang" else method.method_name
 
 
 @dataclass
 class Colorizer:
-    """A loaded colorization model plus how to run it.
+    """A loaded pretext method plus how to run it.
 
-    ``size``: the short side the network sees (0 = native); ``decode``/``T``: how a
-    313-way distribution becomes ab (ignored by a 2-channel l2 head)."""
+    ``size``: the short side the network sees (0 = native); ``decoder``: how the method
+    turns its prediction into ab (``DECODERS``; ignored by a method that regresses ab)."""
 
-    model: torch.nn.Module
+    method: Method
     payload: dict
     path: str
     size: int
-    decode: str = "annealed"
-    T: float = 0.38
-
-    @property
-    def regression(self) -> bool:
-        return self.model.num_bins == 2
-
-    @property
-    def loss(self) -> str:
-        return self.payload.get("loss") or ("l2" if self.regression else "full")
+    decoder: str = "annealed"
 
     @property
     def encoder(self) -> str:
@@ -88,70 +99,75 @@ class Colorizer:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.method.parameters()).device
 
-    def method(self, decode: str | None = None) -> str:
-        """Record name: ``colorization-full-annealed``, ``colorization-l2``, ..."""
-        if self.regression:
-            return f"colorization-{self.loss}"
-        return f"colorization-{self.loss}-{decode or self.decode}"
+    @property
+    def decoders(self) -> tuple[str, ...]:
+        return method_decoders(self.method)
+
+    def record_name(self, decoder: str | None = None) -> str:
+        """``colorization-full-annealed``, ``colorization-l2`` (no decoder to name) ..."""
+        if not self.decoders:
+            return method_label(self.method)
+        return f"{method_label(self.method)}-{decoder or self.decoder}"
 
     def working_shape(self, h: int, w: int) -> tuple[int, int]:
         """The size the network sees for an ``h x w`` image (short side -> ``size``)."""
         scale = 1.0 if self.size <= 0 else self.size / min(h, w)
-        floor = getattr(self.model, "min_size", 1)
+        floor = getattr(self.method.trunk, "min_size", 1)
         return max(int(round(h * scale)), floor), max(int(round(w * scale)), floor)
 
-    @torch.no_grad()
-    def network_output(self, lightness: torch.Tensor) -> torch.Tensor:
-        """L in [0,100] [N,1,H,W] -> the head's output at the working size: logits
-        [N,313,h,w] (or ab [N,2,h,w] for an l2 head)."""
-        self.model.eval()
+    def network_input(self, lightness: torch.Tensor) -> torch.Tensor:
+        """L in [0,100] [N,1,H,W] -> normalised L [N,1,h,w] at the working size."""
         x = lightness.to(self.device)
         work = self.working_shape(*x.shape[-2:])
         if tuple(x.shape[-2:]) != work:  # antialiased when shrinking (no aliasing of fine texture)
             x = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True)
-        return self.model(normalize_l(x)).float()
+        return normalize_l(x)
 
-    def to_ab(self, output: torch.Tensor, size: tuple[int, int] | None = None, decode: str | None = None) -> torch.Tensor:
-        """Head output -> ab [N,2,h,w], bilinearly upsampled to ``size`` when given."""
-        ab = output if self.regression else decode_logits(output, decode or self.decode, self.T)
-        if size is None or tuple(ab.shape[-2:]) == tuple(size):
+    @torch.no_grad()
+    def predict_ab(self, lightness: torch.Tensor, decoder: str | None = None, full_size: bool = True) -> torch.Tensor:
+        """L in [0,100] [N,1,H,W] -> ab [N,2,H,W], bilinearly upsampled from the method's
+        output size to the input's full resolution (``full_size=False``: not upsampled)."""
+        self.method.eval()
+        ab = self.method.predict_ab(self.network_input(lightness), decoder or self.decoder).float()  # [N,2,h,w]
+        size = tuple(lightness.shape[-2:])
+        if not full_size or tuple(ab.shape[-2:]) == size:
             return ab
-        return F.interpolate(ab, size=tuple(size), mode="bilinear", align_corners=False)
+        return F.interpolate(ab, size=size, mode="bilinear", align_corners=False)
 
-    def predict_ab(self, lightness: torch.Tensor, decode: str | None = None) -> torch.Tensor:
-        """L in [0,100] [N,1,H,W] -> ab [N,2,H,W] at the input's full resolution."""
-        return self.to_ab(self.network_output(lightness), lightness.shape[-2:], decode)
-
-    def costs(self, decode: str | None = None, runs: int = 10) -> dict:
+    def costs(self, decoder: str | None = None, runs: int = 10) -> dict:
         """Table 1's cost columns, measured on one square image of the working size (256
         when native): parameters and activations in MiB (float32), runtime in ms."""
-        side = max(self.size or DEFAULT_SIZE, getattr(self.model, "min_size", 1))
+        side = max(self.size or DEFAULT_SIZE, getattr(self.method.trunk, "min_size", 1))
         x = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(0)).mul(100).to(self.device)
-        params = sum(p.numel() for p in self.model.parameters()) * 4 / MIB
-        return {"params_mb": params, "feature_mb": feature_memory_mb(self.model, normalize_l(x)),
-                "runtime_ms": self.runtime_ms(x, decode, runs), "working_size": side}
+        params = sum(p.numel() for p in self.method.parameters()) * 4 / MIB
+        decoder = decoder if decoder in DECODERS else None
+        feature = feature_memory_mb(self.method, normalize_l(x),
+                                    lambda z: self.method.predict_ab(z, decoder or self.decoder))
+        return {"params_mb": params, "feature_mb": feature, "runtime_ms": self.runtime_ms(x, decoder, runs),
+                "working_size": side}
 
-    def runtime_ms(self, x: torch.Tensor, decode: str | None = None, runs: int = 10) -> float:
+    def runtime_ms(self, x: torch.Tensor, decoder: str | None = None, runs: int = 10) -> float:
         """Median ms of network + decoding on ``x`` (L [1,1,h,w] at the working size),
         after 2 warm-up runs, CUDA synchronised."""
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-        decode = decode if decode in DECODERS else None
         times = []
         for i in range(runs + 2):
             sync()
             start = time.perf_counter()
-            self.to_ab(self.network_output(x), decode=decode)
+            self.predict_ab(x, decoder, full_size=False)
             sync()
             if i >= 2:
                 times.append((time.perf_counter() - start) * 1000)
         return statistics.median(times)
 
 
-def feature_memory_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """MiB of every leaf module's output in one forward pass on ``x`` (4 bytes a value;
-    in-place results, which share their input's storage, are counted once)."""
+def feature_memory_mb(model: torch.nn.Module, x: torch.Tensor,
+                      forward: Callable[[torch.Tensor], object] | None = None) -> float:
+    """MiB of every leaf module's output in one pass of ``forward(x)`` (default
+    ``model(x)``), 4 bytes a value; in-place results, which share their input's
+    storage, are counted once."""
     outputs: list[torch.Tensor] = []  # kept alive so no storage is freed and reused mid-pass
 
     def hook(module, inputs, out):
@@ -159,7 +175,8 @@ def feature_memory_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
     handles = [m.register_forward_hook(hook) for m in model.modules() if next(m.children(), None) is None]
     try:
         with torch.no_grad():
-            model.eval()(x)
+            model.eval()
+            (forward or model)(x)
     finally:
         for h in handles:
             h.remove()
@@ -171,42 +188,20 @@ def feature_memory_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def default_size(payload: dict) -> int:
-    """The short side the checkpoint was trained at (``config.data.resize``), else 256."""
+    """The short side the checkpoint's training images were resized to (``config.data.resize``), else 256."""
     data = (payload.get("config") or {}).get("data") or {}
     return int(data.get("resize") or DEFAULT_SIZE)
 
 
-def check_colorization_payload(payload: dict, path: str) -> int:
-    """Raise ColorizeError unless ``payload`` carries a colorization head; returns its bins."""
-    if payload.get("format") != CHECKPOINT_FORMAT or "encoder" not in payload:
-        raise ColorizeError(f"{path} is not a colorbench encoder checkpoint (format {CHECKPOINT_FORMAT}); "
-                            "colorize needs a checkpoint written by 'colorbench pretrain'")
-    if not any(k.startswith("head.") for k in payload["model"]):
-        raise ColorizeError(f"{path} has no colorization head (no head.* weights): it is a trunk, probe or "
-                            "supervised checkpoint. Colorize with a checkpoint written by 'colorbench pretrain'")
-    bins = int((payload.get("encoder_kwargs") or {}).get("num_bins", NUM_BINS))
-    if bins not in (NUM_BINS, 2):
-        raise ColorizeError(f"{path}: the head predicts {bins} channels, neither {NUM_BINS} ab bins nor 2 "
-                            "(ab regression): it is not a colorization head")
-    if payload.get("loss") == "l2" and bins != 2:
-        raise ColorizeError(f"{path}: loss 'l2' but the head has {bins} channels (expected 2)")
-    return bins
-
-
 def load_colorizer(path: str | os.PathLike, device: torch.device | str = "cpu", size: int | None = None,
-                   decode: str = "annealed", T: float = 0.38) -> Colorizer:
-    """Load a pretext checkpoint strictly (weights_only) as a ready-to-run ``Colorizer``."""
-    if decode not in DECODERS:
-        raise ColorizeError(f"decode must be one of {', '.join(DECODERS)}, got {decode!r}")
-    if T <= 0:
-        raise ColorizeError(f"--T must be > 0, got {T}")
-    payload = load_checkpoint(path)
-    check_colorization_payload(payload, str(path))
-    model = build_encoder(payload["encoder"], **(payload.get("encoder_kwargs") or {}))
-    load_state_strict(model, payload["model"])
-    model.to(device).eval()
+                   decoder: str = "annealed") -> Colorizer:
+    """Load a pretext checkpoint (strict, weights_only) as a ready-to-run ``Colorizer``.
+    A trunk-only checkpoint raises ``load_method``'s ``CheckpointError``."""
+    if decoder not in DECODERS:
+        raise ColorizeError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    method, payload = load_method(os.fspath(path), map_location=device)
     size = default_size(payload) if size is None else int(size)
-    return Colorizer(model, payload, str(path), size, decode, T)
+    return Colorizer(method, payload, os.fspath(path), size, decoder)
 
 
 # ----------------------------------------------------------------------------- one image
@@ -298,12 +293,11 @@ def colorize_paths(colorizer: Colorizer, inputs: list[str], out: Path, grid: boo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--checkpoint", required=True, help="a pretext checkpoint with a colorization head")
+    parser.add_argument("--checkpoint", required=True, help="a pretext checkpoint (written by 'colorbench pretrain')")
     parser.add_argument("--out", required=True, help="output folder: <name>.png at each input's full resolution")
-    parser.add_argument("--decode", default="annealed", choices=DECODERS,
-                        help="313-bin heads: 'annealed' (default) is the paper's choice, between the desaturated "
-                             "'mean' and the blotchy 'mode'; ignored by l2 heads")
-    parser.add_argument("--T", type=float, default=0.38, help="annealing temperature (paper: 0.38)")
+    parser.add_argument("--decoder", "--decode", dest="decoder", default="annealed", choices=DECODERS,
+                        help="313-bin heads: 'annealed' (default, T = 0.38) is the paper's choice, between the "
+                             "desaturated 'mean' and the blotchy 'mode'; ignored by methods that regress ab (l2)")
     parser.add_argument("--size", type=int, default=None,
                         help="short side the network sees; ab is upsampled to full resolution. Default: the "
                              "checkpoint's training short side (data.resize), else 256; 0 = native resolution")
@@ -313,22 +307,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretext.distributed import pick_device
+    from pretext.engine.dist import pick_device
 
     print(f"colorbench colorize | git {git_revision()} | args {vars(args)}")
     out = Path(args.out)
     try:
         check_out_dir(out, args.overwrite)
-        colorizer = load_colorizer(args.checkpoint, pick_device(args.device), args.size, args.decode, args.T)
-    except (ValueError, FileNotFoundError) as exc:  # ColorizeError, unreadable or foreign checkpoints
-        print(f"colorbench colorize: {exc}", file=sys.stderr)
-        return 2
-    try:
-        how = "ab regression (l2 head)" if colorizer.regression else f"{colorizer.decode} decoding (T={colorizer.T})"
-        print(f"{colorizer.encoder} ({colorizer.loss}), {how}, network short side "
+        colorizer = load_colorizer(args.checkpoint, pick_device(args.device), args.size, args.decoder)
+        how = f"{colorizer.decoder} decoding" if colorizer.decoders else "ab regression"
+        print(f"{colorizer.record_name()} on {colorizer.encoder}, {how}, network short side "
               f"{colorizer.size or 'native'}, output at full input resolution")
         written, skipped = colorize_paths(colorizer, args.inputs, out, args.grid)
-    except ColorizeError as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ColorizeError, CheckpointError, unreadable checkpoints
         print(f"colorbench colorize: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} image(s) to {out}")

@@ -29,24 +29,32 @@ def _near_stride(size: int, full: int, stride: int) -> bool:
 
 
 @pytest.mark.parametrize("h, w", SIZES)
-def test_logits_shape_follows_documented_rule(case, h, w):
+def test_forward_gives_the_deepest_tap_by_the_documented_rule(case, h, w):
     name, _, model = case
-    logits = model(torch.rand(2, 1, h, w) - 0.5)
-    assert logits.shape == (2, 313, *model.feature_size(h, w))
-    assert _near_stride(logits.shape[2], h, model.output_stride)
-    assert _near_stride(logits.shape[3], w, model.output_stride)
+    out = model(torch.rand(2, 1, h, w) - 0.5)
+    deepest = model.taps[-1]
+    s = model.feature_info[deepest]["stride"]
+    assert out.shape == (2, model.feature_info[deepest]["channels"], *model.feature_size(h, w))
+    assert model.feature_size(h, w) == model.feature_size(h, w, deepest)
+    assert _near_stride(out.shape[2], h, s) and _near_stride(out.shape[3], w, s)
     if name != "alexnet_cc":  # padded trunks: exactly ceil(H / s)
-        s = model.output_stride
-        assert logits.shape[2:] == (math.ceil(h / s), math.ceil(w / s))
+        assert out.shape[2:] == (math.ceil(h / s), math.ceil(w / s))
+
+
+def test_trunks_are_head_free(case):
+    _, _, model = case
+    assert not hasattr(model, "head") and not any(k.startswith("head.") for k in model.state_dict())
+    assert model.input_kind == "L"
 
 
 def test_every_parameter_gets_a_finite_gradient(case):
     _, _, model = case
     model.train()
     model.zero_grad(set_to_none=True)
-    logits = model(torch.rand(2, 1, 70, 90) - 0.5)
-    target = torch.randint(0, 313, (2, *logits.shape[2:]))
-    nn.functional.cross_entropy(logits, target).backward()
+    out = model(torch.rand(2, 1, 70, 90) - 0.5)
+    # a fixed random readout, so every channel and position carries gradient
+    readout = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    (out * readout).sum().backward()
     missing = [k for k, p in model.named_parameters() if p.grad is None]
     assert not missing
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
@@ -66,7 +74,6 @@ def test_taps_match_feature_info(case, h, w):
         assert f.shape[2:] == model.feature_size(h, w, tap)
         assert _near_stride(f.shape[2], h, info["stride"])
         assert _near_stride(f.shape[3], w, info["stride"])
-    assert model.taps[-1] in model.feature_info and model.output_stride > 0
 
 
 def test_forward_features_returns_requested_taps_and_stops_early(case):
@@ -74,7 +81,6 @@ def test_forward_features_returns_requested_taps_and_stops_early(case):
     taps = model.taps
     calls = []
     hooks = [getattr(model, t).register_forward_hook(lambda *a, t=t: calls.append(t)) for t in taps]
-    hooks.append(model.head.register_forward_hook(lambda *a: calls.append("head")))
     try:
         with torch.no_grad():
             out = model.eval().forward_features(torch.zeros(1, 1, 64, 64), [taps[1], taps[0]])
@@ -82,7 +88,7 @@ def test_forward_features_returns_requested_taps_and_stops_early(case):
         for hk in hooks:
             hk.remove()
     assert set(out) == {taps[0], taps[1]}
-    assert calls == taps[:2]  # nothing deeper than the deepest requested tap, no head
+    assert calls == taps[:2]  # nothing deeper than the deepest requested tap
 
 
 def test_bad_inputs_and_taps_raise(case):
@@ -114,9 +120,7 @@ def test_normalize_l():
 def _counts(name, **kw):
     with torch.device("meta"):  # shapes only: no init cost at width 1
         model = build_encoder(name, **kw)
-    trunk = sum(p.numel() for k, p in model.named_parameters() if not k.startswith("head."))
-    head = sum(p.numel() for k, p in model.named_parameters() if k.startswith("head."))
-    return trunk, head
+    return sum(p.numel() for p in model.parameters())
 
 
 def _conv(cin, cout, k, groups=1, bias=True):
@@ -128,12 +132,8 @@ def test_param_counts_alexnet():
     # conv4 663,936+768; conv5 442,624+512  -> 2,313,600
     trunk = (_conv(1, 96, 11) + 192 + _conv(96, 256, 5, 2) + 512 + _conv(256, 384, 3) + 768
              + _conv(384, 384, 3, 2) + 768 + _conv(384, 256, 3, 2) + 512)
-    # head: 3x3 256->4096 (9,437,184) + BN 8,192 + 1x1 4096->4096 (16,777,216) + BN 8,192
-    #       + 1x1 4096->313 with bias (1,282,361)  -> 27,513,145
-    head = (_conv(256, 4096, 3, bias=False) + 8192 + _conv(4096, 4096, 1, bias=False) + 8192
-            + _conv(4096, 313, 1))
-    assert (trunk, head) == (2_313_600, 27_513_145)
-    assert _counts("alexnet_cc") == (trunk, head)
+    assert trunk == 2_313_600
+    assert _counts("alexnet_cc") == trunk
 
 
 def test_param_counts_vgg_matches_released_eccv16():
@@ -144,10 +144,10 @@ def test_param_counts_vgg_matches_released_eccv16():
     b4 = _conv(256, 512, 3) + 2 * _conv(512, 512, 3) + 1024                  # 5,900,800
     b567 = 3 * (3 * _conv(512, 512, 3) + 1024)                               # 3 x 7,080,448
     b8 = 512 * 256 * 16 + 256 + 2 * _conv(256, 256, 3)                       # 3,277,568
-    head = _conv(256, 313, 1)                                                # 80,441
     assert b1 + b2 + b3 + b4 + b567 + b8 == 32_154_944
-    # released eccv16 = 32,235,385 + model_out (313->2, no bias: 626) = 32,236,011 (32.2M)
-    assert _counts("vgg_cc") == (32_154_944, head) and head == 80_441
+    # released eccv16 = this trunk + Zhang's 1x1 head to 313 (80,441; tests/test_methods.py)
+    # = 32,235,385, + model_out (313->2, no bias: 626) = 32,236,011 (32.2M)
+    assert _counts("vgg_cc") == 32_154_944
 
 
 def test_param_counts_resnet50():
@@ -155,10 +155,9 @@ def test_param_counts_resnet50():
     # conv1 (64*3*7*7 = 9,408); a 1-channel conv1 has 3,136:
     # 25,557,032 - 2,049,000 - 9,408 + 3,136 = 23,501,760
     trunk = 25_557_032 - 2_049_000 - 9_408 + 3_136
-    head = _conv(2048, 313, 1)                                               # 641,337
-    assert (trunk, head) == (23_501_760, 641_337)
-    assert _counts("resnet50_cc") == (trunk, head)
-    assert _counts("resnet50_cc", last_stride1=True) == (trunk, head)  # dilation adds nothing
+    assert trunk == 23_501_760
+    assert _counts("resnet50_cc") == trunk
+    assert _counts("resnet50_cc", last_stride1=True) == trunk  # dilation adds nothing
 
 
 def test_resnet_trunk_is_timm_resnet50():
@@ -174,7 +173,7 @@ def test_resnet_trunk_is_timm_resnet50():
             if k.startswith(f"layer{i}."):
                 k = f"res{i + 1}." + k[len(f"layer{i}."):]
         mapped[k] = v.shape
-    assert {k: v.shape for k, v in ours.items() if not k.startswith("head.")} == mapped
+    assert {k: v.shape for k, v in ours.items()} == mapped
 
 
 def _pooled_dims(model, size, pools):

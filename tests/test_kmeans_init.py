@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from pretext.encoders import build_encoder
-from pretext.kmeans_init import gaussian_init_, kmeans_filters, kmeans_init, kmeans_init_
+from pretext.methods import build_method
+from pretext.encoders.init import gaussian_init_, kmeans_filters, kmeans_init, kmeans_init_
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,10 +102,10 @@ def test_loader_entry_point_includes_head():
     g = torch.Generator().manual_seed(0)
     loader = [{"image": torch.randint(0, 256, (8, 3, 48, 48), generator=g, dtype=torch.uint8)} for _ in range(3)]
     loader.insert(1, {"image": torch.empty(0, 3, 0, 0, dtype=torch.uint8)})  # an all-skipped batch
-    model = build_encoder("alexnet_cc", width=0.125)
+    model = build_method("zhang", build_encoder("alexnet_cc", width=0.125))
     report = kmeans_init(model, loader, "cpu", max_images=20, max_patches=400)
-    assert any(n.startswith("head") for n in report)
+    assert any(n.startswith("head") for n in report) and any(n.startswith("trunk.conv1") for n in report)
     with torch.no_grad():
-        assert torch.isfinite(model(torch.rand(2, 1, 48, 48) - 0.5)).all()
+        assert torch.isfinite(model.logits(torch.rand(2, 1, 48, 48) - 0.5)).all()
     with pytest.raises(ValueError, match="no usable image"):
         kmeans_init(model, [{"image": torch.empty(0, 3, 0, 0, dtype=torch.uint8)}], "cpu")

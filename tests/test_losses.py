@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pretext import losses
-from pretext.color import soft_encode
+from pretext.color import losses
+from pretext.color.bins import soft_encode
 
 
 def _batch(seed=0, n=2, h=4, w=4):

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from pretext import rebalance
-from pretext.color import ab_centers
+from pretext.color import rebalance
+from pretext.color.bins import ab_centers
 
 
 def test_weights_hand_case_without_smoothing():

@@ -9,8 +9,11 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data.distributed import DistributedSampler
 
-from pretext.sources import (REASONS, BadImage, BadSample, ImageSource, SkipCounter, build_source,
-                             collate_skip_bad, load_rgb, make_loader, train_transform, val_transform)
+from pretext.data.images import REASONS, BadImage, BadSample, load_rgb
+
+from pretext.data.loader import SkipCounter, collate_skip_bad, make_loader, train_transform, val_transform
+
+from pretext.data.sources import ImageSource, build_source
 from tests.conftest import shared_path
 
 

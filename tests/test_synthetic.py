@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretext import synthetic, synthetic_voc
+from pretext.data.synthetic import generate as synthetic
+
+from pretext.data.synthetic import voc_writer as synthetic_voc
 
 TINY = dict(size=32, num_train=3, num_val=2, num_voc=24)
 

@@ -1,10 +1,9 @@
 import json
 
-import pytest
 
 from benchmarks.cli import main as cli
 from benchmarks.tables import build_tables, load_records
-from pretext.runs import RunDir
+from pretext.engine.runs import RunDir
 
 
 def _probe_run(root, run_id, dataset, values, method="colorization"):

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from benchmarks.cli import main as cli
-from pretext.pipeline import StepBatchSampler
-from pretext.runs import load_checkpoint, load_encoder
+from pretext.data.loader import StepBatchSampler
+from pretext.engine.checkpoint import load_checkpoint
+from pretext.methods import load_method
 from tests.conftest import REPO, shared_path
 from tests.helpers import tiny_imagefolder
 
@@ -29,8 +30,9 @@ def data(tmp_path_factory):
 
 
 def _params(run: Path) -> dict:
-    return {k: v for k, v in load_checkpoint(run / "checkpoints" / "last.pt")["model"].items()
-            if "running" not in k and "num_batches" not in k}
+    payload = load_checkpoint(run / "checkpoints" / "last.pt")
+    state = {**{f"trunk.{k}": v for k, v in payload["trunk"].items()}, **payload["method_state"]}
+    return {k: v for k, v in state.items() if "running" not in k and "num_batches" not in k}
 
 
 def _losses(run: Path) -> list[float]:
@@ -60,18 +62,30 @@ def test_pretrain_end_to_end_writes_the_run(tmp_path, data):
     assert {"val_loss", "prior_baseline_loss", "val_auc", "skipped/total"} <= values.keys()
     assert 0 < values["val_auc"] <= 100 and values["skipped/total"] == 0
     assert len(_losses(run)) == 4 and all(map(lambda x: x == x, _losses(run)))
-    model, payload = load_encoder(run / "checkpoints" / "last.pt")
-    assert payload["step"] == 4 and payload["encoder"] == "alexnet_cc"
+    method, payload = load_method(run / "checkpoints" / "last.pt")
+    assert payload["step"] == 4 and payload["encoder"] == "alexnet_cc" and payload["method"] == "zhang"
+    assert method.loss_name == "full" and not method.training
+    # the prior counted on the training data travels with the checkpoint
+    assert method.prior.sum().item() == pytest.approx(1.0) and method.prior.max() > 2.0 / 313
     assert (run / "val_final.png").is_file()
     # a second start without --resume refuses to overwrite the run
     assert cli(["pretrain", "--config", str(REPO / "configs/pretext/tiny.yaml"), "--run-dir", str(run),
                 *_args(tmp_path, data)]) == 2
 
 
-def test_unknown_config_key_names_the_key(tmp_path, data):
-    with pytest.raises(ValueError, match="unknown config key 'optim.momentum'"):
-        cli(["pretrain", "--config", str(REPO / "configs/pretext/tiny.yaml"), "--run-dir", str(tmp_path / "r"),
-             "--set", "optim.momentum=0.9"])
+def test_unknown_config_key_names_the_key(tmp_path, data, capsys):
+    code = cli(["pretrain", "--config", str(REPO / "configs/pretext/tiny.yaml"), "--run-dir", str(tmp_path / "r"),
+                "--set", "optim.momentum=0.9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown config key 'optim.momentum'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_method_kwarg_is_a_clear_error(tmp_path, data, capsys):
+    code = cli(["pretrain", "--config", str(REPO / "configs/pretext/tiny.yaml"), "--run-dir", str(tmp_path / "r"),
+                *_args(tmp_path, data, "method_kwargs={lossy: full}")])
+    err = capsys.readouterr().err
+    assert code == 2 and "lossy" in err and "valid method_kwargs" in err
 
 
 def _pretrain_subprocess(tmp_path, data, run, *extra, env=None, launcher=(), flags=()):
@@ -81,6 +95,7 @@ def _pretrain_subprocess(tmp_path, data, run, *extra, env=None, launcher=(), fla
     return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data):
     common = ("iterations=8", "ckpt_every=3")
     straight = _pretrain_subprocess(tmp_path, data, tmp_path / "straight", *common)
@@ -97,6 +112,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_match_one_rank_with_accumulation(tmp_path, data):
     # The paper-scale lr keeps this a float-tolerance comparison: Adam divides by sqrt(v),
     # so at lr 1e-3 float-level differences of the all-reduce on near-zero gradients
@@ -116,6 +132,7 @@ def test_ddp_two_ranks_match_one_rank_with_accumulation(tmp_path, data):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5 * 5 * 2  # within 2 Adam steps of lr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("year, truncated", [("VOC2007", "000001"), ("VOC2012", "2007_000027")])
 def test_training_over_real_voc_fixture_reports_truncated_files(tmp_path, year, truncated):
     root = shared_path("data", "voc_fixture", "VOCdevkit", year)

@@ -58,6 +58,27 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
                           f"{', '.join(f.name for f in dataclasses.fields(cls))}") from exc
 
 
+def add_config_arguments(parser, example: str) -> None:
+    """The one ``--config FILE`` / ``--set KEY=VALUE`` pair every command takes."""
+    parser.add_argument("--config", help=f"YAML recipe, e.g. {example} (omitted: the defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set data.root=/data/imagenet")
+
+
+def config_from_args(cls: type[T], args, **assign: Any) -> T:
+    """``load_config`` from ``args.config`` / ``args.overrides``; then each ``assign``
+    item that is not None (a command-line flag such as ``--checkpoint``) is set as an
+    override of the same name, so it is type-checked and recorded like any other key."""
+    extra = [f"{k}={_yaml_value(v)}" for k, v in assign.items() if v is not None]
+    return load_config(cls, getattr(args, "config", None), [*getattr(args, "overrides", []), *extra])
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, str):
+        return '"' + v.replace('\\', '\\\\').replace('"', '\\"') + '"'
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def to_dict(config: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
 

@@ -37,8 +37,10 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from pretext.runs import load_checkpoint, save_checkpoint
-from pretext.sources import build_source, make_loader
+from downstream.color_quality.config import ClassifierConfig
+from pretext.data.loader import make_loader
+from pretext.data.sources import DataConfig, build_source
+from pretext.engine.checkpoint import save_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -190,8 +192,11 @@ def get_or_train_classifier(root: str, split: str = "train", cache_dir: str | os
               "lr": lr, "seed": seed, "version": RECIPE_VERSION}
     path = Path(cache_dir) / f"classifier-{data_key(root, split, recipe)}.pt"
     if path.is_file():
-        payload = load_checkpoint(path)
-        if payload.get("format") != CLASSIFIER_FORMAT:
+        try:  # not a pretext checkpoint (load_checkpoint would refuse its format): read it as plain tensors
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"cannot read the cached classifier {path} ({exc}); delete it") from None
+        if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
             raise ValueError(f"{path} is not a colorbench classifier cache ({CLASSIFIER_FORMAT}); delete it")
         model = build_classifier(BUILTIN_ARCH, int(payload["num_classes"]))
         model.load_state_dict(payload["model"], strict=True)
@@ -209,23 +214,24 @@ def get_or_train_classifier(root: str, split: str = "train", cache_dir: str | os
     return clf
 
 
-def resolve_classifier(source, kind: str, root: str, train_split: str | None, cache_dir, device, log=print, *,
-                       weights: str | None = None, arch: str = "vgg16", num_classes: int | None = None,
-                       input_size: int | None = None, epochs: int = 6, seed: int = 0, workers: int = 0):
-    """The fixed classifier for an evaluated ``source``: user weights when given, else the
-    built-in one (imagefolder with a train split). None, with the reason logged, when the
-    images have no labels or no classifier can be had."""
+def resolve_classifier(source, data: DataConfig, cfg: ClassifierConfig, device, seed: int = 0, log=print):
+    """The fixed classifier for an evaluated ``source``: ``cfg.weights`` when given, else
+    the built-in one (trained on ``data``'s train split of an imagefolder). None, with
+    the reason logged, when disabled, when the images have no labels, or when no
+    classifier can be had."""
+    if not cfg.enabled:
+        return None
     if (source.labels < 0).any():
         log("classifier top-1: skipped (the evaluation images have no class labels)")
         return None
-    if weights:
-        classes = num_classes or (len(source.classes) if source.classes else None)
+    if cfg.weights:
+        classes = cfg.num_classes or (len(source.classes) if source.classes else None)
         if not classes:
-            raise ValueError("--classifier-classes is needed for a source without class folders")
-        return load_classifier(weights, arch, classes, input_size or 224, device)
-    if kind != "imagefolder" or not train_split:
+            raise ValueError("classifier.num_classes is needed for a source without class folders")
+        return load_classifier(cfg.weights, cfg.arch, classes, cfg.input_size or 224, device)
+    if data.kind != "imagefolder" or not data.train_split:
         log("classifier top-1: skipped (the built-in classifier needs an imagefolder with a train split; "
-            "pass --classifier-weights)")
+            "set classifier.weights)")
         return None
-    return get_or_train_classifier(root, train_split, cache_dir, device, input_size or 32, epochs,
-                                   seed=seed, workers=workers, log=log)
+    return get_or_train_classifier(data.root, data.train_split, cfg.cache_dir, device, cfg.input_size or 32,
+                                   cfg.epochs, seed=seed, workers=data.num_workers, log=log)

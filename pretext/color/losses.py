@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from pretext.color import SoftEncoding
+from pretext.color.bins import SoftEncoding
 
 LOSS_VARIANTS = ("full", "class", "l2")
 GRAY_THRESHOLD = 5.0

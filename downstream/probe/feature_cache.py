@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pretext import distributed as dist_utils
-from pretext.runs import atomic_write_text
+from pretext.engine import dist as dist_utils
+from pretext.engine.checkpoint import atomic_write_text
 
 CACHE_VERSION = 1
 DTYPES = ("float16", "float32")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pretext.color import NUM_BINS, ab_centers, soft_encode
+from pretext.color.bins import NUM_BINS, ab_centers, soft_encode
 
 
 class PriorAccumulator:

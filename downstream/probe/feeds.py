@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from downstream.feature_cache import FeatureCache, state_fingerprint
-from downstream.probe_heads import ProbeHeads
-from pretext import distributed as dist_utils
+from downstream.probe.feature_cache import FeatureCache, state_fingerprint
+from downstream.probe.heads import ProbeHeads
+from pretext.engine import dist as dist_utils
 from pretext.encoders import normalize_l
-from pretext.pipeline import to_lab
-from pretext.sources import SkipCounter, make_loader
+from pretext.color.targets import to_lab
+from pretext.data.loader import SkipCounter, make_loader
 
 
 def loader_for(src, cfg, train: bool, world: int, rank: int):

@@ -206,9 +206,13 @@ def _calibrate_bn(bn: nn.BatchNorm2d, forward: Callable, batches: list[torch.Ten
 
 
 def _forward_fn(model: nn.Module, include_head: bool) -> Callable:
-    if include_head or not hasattr(model, "forward_features"):
-        return model
-    return model.forward_features  # every tap: the whole trunk, no colour head
+    """The trunk's taps (``forward_features``), or with ``include_head`` the method's
+    ``logits`` (trunk + colour head) when the model is a pretext method."""
+    if include_head:
+        return getattr(model, "logits", model)
+    if hasattr(model, "forward_features"):
+        return model.forward_features
+    return model.trunk.forward_features if hasattr(model, "trunk") else model
 
 
 def _layer_loop(model: nn.Module, batches: list[torch.Tensor], include_head: bool,
@@ -274,7 +278,7 @@ def calibration_batches(loader: Iterable[dict], device: torch.device | str, max_
     """Encoder inputs [n, 1, H, W] (normalised L on ``device``) from skip-aware batches of
     uint8 RGB images, up to ``max_images`` in all."""
     from pretext.encoders import normalize_l
-    from pretext.pipeline import to_lab
+    from pretext.color.targets import to_lab
 
     out, total = [], 0
     for batch in loader:

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from pretext import synthetic_voc as voc
+from pretext.data.synthetic import voc_writer as voc
 
 GENERATOR_VERSION = 2  # bump whenever the same seed would give other bytes
 MANIFEST = "dataset.json"

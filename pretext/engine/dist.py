@@ -38,12 +38,48 @@ def barrier() -> None:
         dist.barrier()
 
 
+# The device a backend's collectives take their tensors on: NCCL only reduces CUDA
+# tensors (a CPU tensor fails at run time, e.g. the skip counts at the end of a run).
+BACKEND_DEVICE = {"nccl": "cuda", "gloo": "cpu", "mpi": "cpu"}
+
+
+def collective_device() -> torch.device:
+    """The device of the current process group's collectives (CPU without a group)."""
+    if not is_distributed():
+        return torch.device("cpu")
+    kind = BACKEND_DEVICE.get(str(dist.get_backend()), "cpu")
+    if kind == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(kind)
+
+
+_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Reduce a tensor over ranks (``sum``, ``min``, ``max``) on the group's device;
+    returned on the input's device (a copy: the input is unchanged). Every collective
+    of colorbench goes through this module."""
+    if not is_distributed():
+        return values.clone()
+    out = values.to(collective_device(), copy=True)
+    dist.all_reduce(out, op=_OPS[op])
+    return out.to(values.device)
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over ranks (a copy; the input is unchanged)."""
-    out = values.clone()
-    if is_distributed():
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return all_reduce(values, "sum")
+
+
+def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's ``module``, in place."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            buf = t.detach().to(collective_device(), copy=True)
+            dist.broadcast(buf, src)
+            t.copy_(buf.to(t.device))
 
 
 def cleanup() -> None:

@@ -35,15 +35,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from downstream.probe_feeds import batch_usable, loader_for, make_feeds
-from downstream.probe_heads import ProbeHeads, TrunkChangedError, TrunkGuard, build_pool_specs, freeze, topk_correct
+from downstream.probe.feeds import batch_usable, loader_for, make_feeds
+from downstream.probe.heads import ProbeHeads, TrunkChangedError, TrunkGuard, build_pool_specs, freeze, topk_correct
 from downstream.supervised import SupervisedConfig, save_trunk, train_supervised
-from pretext import distributed as dist_utils
-from pretext.config import ConfigError, git_revision, load_config, to_dict, to_yaml
+from pretext.engine import dist as dist_utils
+from pretext.engine.config import ConfigError, git_revision, load_config, to_dict, to_yaml
 from pretext.encoders import build_encoder
-from pretext.kmeans_init import calibration_batches, gaussian_init_, kmeans_init_
-from pretext.runs import RunDir, load_encoder
-from pretext.sources import SkipCounter, build_source, make_loader, train_transform, val_transform
+from pretext.encoders.init import calibration_batches, gaussian_init_, kmeans_init_
+from pretext.engine.checkpoint import load_encoder
+from pretext.engine.runs import RunDir
+from downstream.color_quality.classifier import train_transform
+from pretext.data.sources import build_source
+from pretext.data.loader import SkipCounter, make_loader, val_transform
 
 INITS = ("checkpoint", "gaussian", "kmeans", "supervised")
 DEFAULT_METHOD = {"checkpoint": "colorization", "gaussian": "gaussian", "kmeans": "kmeans", "supervised": "supervised"}

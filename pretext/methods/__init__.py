@@ -1,0 +1,8 @@
+"""Pretext methods: the ``Method`` contract (``base``) and one module per colorization
+system; importing this package registers them all."""
+from pretext.methods import zhang  # noqa: F401  (registration)
+from pretext.methods.base import (Method, StepContext, ValidationOutput, build_method, list_methods, load_method,
+                                  method_payload, register_method)
+
+__all__ = ["Method", "StepContext", "ValidationOutput", "build_method", "list_methods", "load_method",
+           "method_payload", "register_method"]
