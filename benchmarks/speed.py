@@ -4,19 +4,26 @@
     python -m benchmarks.speed lab      # rgb_to_lab vs skimage.color.rgb2lab
     colorbench speed all
 
-The encode batch is the paper's: 40 targets of 44 x 44 (176 crops at 1/4 resolution).
+The encode batch is the paper's: 40 targets of 44 x 44, the ab of 176 x 176 crops of real
+photos point-sampled at the loss's stride 4 (Kodak24 from ../shared/data when present, else
+scikit-image's bundled photos), as the trainer's targets are. Real ab crowds the grey axis,
+where the nearest-centre search is hardest; ``--data random`` gives the Lab of uniformly
+random RGB colours instead (saturated, independent per pixel: a flattering case).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 BENCHMARKS = ("encode", "lab")
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak24"
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # bundled with scikit-image, no download
 
 
 def best_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.2) -> float:
@@ -33,6 +40,41 @@ def best_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.2) 
                 break
         best = min(best, elapsed / calls)
     return best
+
+
+def load_photos(folder: Path | None = None) -> tuple[list[np.ndarray], str]:
+    """uint8 RGB photos [H,W,3] and where they came from: the PNG/JPEG files of ``folder``
+    (default: Kodak24 in ../shared when present, else scikit-image's bundled photos)."""
+    folder = folder if folder is not None else (KODAK if KODAK.is_dir() else None)
+    if folder is not None:
+        from PIL import Image
+
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"speed: photo folder {folder} does not exist")
+        files = sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not files:
+            raise FileNotFoundError(f"speed: no .png/.jpg photos in {folder}")
+        return [np.asarray(Image.open(f).convert("RGB")) for f in files], f"{len(files)} photos in {folder}"
+    from skimage import data
+
+    return [getattr(data, name)() for name in SKIMAGE_PHOTOS], "scikit-image photos " + "/".join(SKIMAGE_PHOTOS)
+
+
+def photo_ab(photos: list[np.ndarray], num: int = 40, crop: int = 176, stride: int = 4, seed: int = 0) -> torch.Tensor:
+    """ab float32 [num,2,crop/stride,crop/stride]: random crops (photo, position from
+    ``seed``) to Lab as the trainer does (uint8 / 255), point-sampled at ``stride``."""
+    from pretext.color.lab import rgb_to_lab
+
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(num):
+        img = photos[rng.integers(len(photos))]
+        if min(img.shape[:2]) < crop:
+            raise ValueError(f"speed: a photo of {img.shape[1]}x{img.shape[0]} is smaller than the {crop} crop")
+        y, x = rng.integers(img.shape[0] - crop + 1), rng.integers(img.shape[1] - crop + 1)
+        crops.append(img[y:y + crop, x:x + crop])
+    rgb = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)  # [num,3,crop,crop]
+    return rgb_to_lab(rgb)[:, 1:, ::stride, ::stride].contiguous()
 
 
 def original_soft_encode(ab: np.ndarray, centers: np.ndarray, k: int, sigma: float, dense: bool = True):
@@ -54,13 +96,22 @@ def original_soft_encode(ab: np.ndarray, centers: np.ndarray, k: int, sigma: flo
     return target.reshape(n, h, w, -1).transpose(0, 3, 1, 2)
 
 
-def bench_encode(repeats: int, k: int = 5) -> list[dict]:
-    from pretext.color.bins import ab_centers, soft_encode
-    from pretext.color.lab import rgb_to_lab
+def encode_data(data: str = "photos", folder: Path | None = None) -> tuple[torch.Tensor, str]:
+    """The encode benchmark's ab [40,2,44,44] and a description of it."""
+    if data == "random":
+        from pretext.color.lab import rgb_to_lab
 
-    torch.manual_seed(0)
-    # realistic ab values: Lab of random colours, 40 x 44 x 44 (the paper's targets)
-    ab = rgb_to_lab(torch.rand(40, 3, 44, 44))[:, 1:].contiguous()
+        torch.manual_seed(0)
+        return rgb_to_lab(torch.rand(40, 3, 44, 44))[:, 1:].contiguous(), "Lab of uniformly random RGB colours"
+    photos, source = load_photos(folder)
+    return photo_ab(photos), f"40 crops 176x176 at stride 4 of {source}"
+
+
+def bench_encode(repeats: int, k: int = 5, data: str = "photos", folder: Path | None = None) -> list[dict]:
+    from pretext.color.bins import ab_centers, soft_encode
+
+    ab, source = encode_data(data, folder)
+    print(f"encode data: {source}", flush=True)
     ab_np, centers = ab.numpy().astype(np.float64), ab_centers().numpy().astype(np.float64)
     pixels = ab.numel() // 2
     ours = best_time(lambda: soft_encode(ab, k=k), repeats)
@@ -101,13 +152,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds; the best is kept (noise only adds)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     parser.add_argument("--k", type=int, default=5, help="encode: K nearest centres (paper 5, released Caffe code 10)")
+    parser.add_argument("--data", choices=("photos", "random"), default="photos",
+                        help="encode: ab of real photos (default: what training sees) or of random RGB colours")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="encode: a folder of photos (default: Kodak24 in ../shared, else scikit-image's)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.threads < 0 or args.k < 1:
+        raise ValueError(f"--repeats and --k must be >= 1 and --threads >= 0 "
+                         f"(got {args.repeats}, {args.k}, {args.threads})")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    runners = {"encode": lambda: bench_encode(args.repeats, args.k), "lab": lambda: bench_lab(args.repeats)}
+    runners = {"encode": lambda: bench_encode(args.repeats, args.k, args.data, args.photos), "lab": lambda: bench_lab(args.repeats)}
     for name in BENCHMARKS if args.which == "all" else (args.which,):
         for result in runners[name]():
             print(report(result), flush=True)

@@ -113,10 +113,16 @@ def best_layer_table(records: list[dict]) -> dict[str, pd.DataFrame]:
     return {f"probe_best_layer_{d}": _pivot(v, ["best"], "layer") for d, v in sorted(by_dataset.items())}
 
 
+# the harnesses' protocol names (run records) -> the PASCAL table's columns
+PASCAL_COLUMNS = {"voc07_cls_fc6-8": "cls_fc6-8", "voc07_cls_all": "cls_all", "voc07_svm": "svm",
+                  "voc07_det": "det", "voc12_seg": "seg"}
+
+
 def pascal_table(records: list[dict]) -> dict[str, pd.DataFrame]:
     """cls fc6-8 / cls all / SVM / det / seg, one column per protocol (VOC07 and VOC12 side by side)."""
-    rows = [r for r in records if r["suite"] == "pascal" and r["metric"] in ("mAP", "mIU")]
-    rows = [dict(r, dataset="pascal") for r in rows]  # the classic table puts VOC07 cls/det and VOC12 seg together
+    rows = [r for r in records if r["suite"] == "pascal" and r["metric"] in ("mAP", "mIU") and r["layer"] in ("", "all")]
+    # the classic table puts VOC07 cls/det and VOC12 seg together, one column per protocol
+    rows = [dict(r, dataset="pascal", protocol=PASCAL_COLUMNS.get(r["protocol"], r["protocol"])) for r in rows]
     if not rows:
         return {"pascal": _pivot([], list(PASCAL_PROTOCOLS), "protocol")}
     return {"pascal": _pivot(rows, ["cls_fc6-8", "cls_all", "svm", "det", "seg"], "protocol")}
@@ -186,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     roots = [Path(r) for r in args.runs]
     missing = [str(r) for r in roots if not r.is_dir()]
+    if missing and len(missing) == len(roots):
+        raise FileNotFoundError(f"no runs folder found: {', '.join(missing)} (pass --runs DIR ...)")
     if missing:
         print(f"colorbench table: no such folder(s): {missing}; showing what the others hold", file=sys.stderr)
     tables, loaded = build_tables([r for r in roots if r.is_dir()], Path(args.out), formats)

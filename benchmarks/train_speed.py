@@ -18,51 +18,47 @@ from pathlib import Path
 
 import torch
 
+from pretext.data.loader import SeededAugmentation, StepBatchSampler, collate_skip_bad, train_transform
+from pretext.data.sources import source_for
 from pretext.engine.config import load_config
-from pretext.color.targets import prepare_batch
-from pretext.data.loader import SeededAugmentation, StepBatchSampler
-from downstream.color_quality.classifier import train_transform
-from pretext.data.sources import build_source
-from pretext.data.loader import collate_skip_bad
+from pretext.methods import StepContext
 from pretext.train import PretrainConfig, build_model
+
+CPU = torch.device("cpu")
 
 
 def _loader(cfg: PretrainConfig, steps: int):
     d = cfg.data
-    source = build_source(d.kind, d.root, d.train_split, list_file=d.list_file, transform=train_transform(d.crop, d.resize))
+    source = source_for(d, "train", train_transform(d.crop, d.resize))
     sampler = StepBatchSampler(len(source), cfg.batch_size, seed=cfg.seed, total_steps=steps)
     return torch.utils.data.DataLoader(SeededAugmentation(source, cfg.seed), batch_sampler=sampler,
                                        num_workers=d.num_workers, collate_fn=collate_skip_bad)
 
 
-def data_path_rate(cfg: PretrainConfig, steps: int, out_size: tuple[int, int]) -> float:
-    images, start = 0, None
-    for i, batch in enumerate(_loader(cfg, steps + 1)):
-        if i == 1:  # the first batch pays for worker start-up
-            start, images = time.perf_counter(), 0
-        prepare_batch(batch["image"], out_size, torch.device("cpu"), cfg.k, cfg.sigma)
-        images += batch["image"].shape[0]
-    return images / (time.perf_counter() - start)
-
-
-def training_rate(cfg: PretrainConfig, steps: int) -> float:
-    model = build_model(cfg)
-    from pretext.color.losses import colorization_loss
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr_values[0], betas=tuple(cfg.optim.betas))
-    weights = torch.ones(313)
+def _timed(cfg: PretrainConfig, steps: int, work) -> float:
+    """images/s of ``work(batch)`` over ``steps`` batches (the first, worker start-up, untimed)."""
     images, start = 0, None
     for i, batch in enumerate(_loader(cfg, steps + 1)):
         if i == 1:
             start, images = time.perf_counter(), 0
-        x = batch["image"]
-        pb = prepare_batch(x, model.feature_size(*x.shape[2:]), torch.device("cpu"), cfg.k, cfg.sigma, cfg.loss != "l2")
-        loss = colorization_loss(cfg.loss, model(pb.lightness), pb.target_ab, pb.encoding, weights, pb.mask)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        images += x.shape[0]
+        work(batch["image"])
+        images += batch["image"].shape[0]
     return images / (time.perf_counter() - start)
+
+
+def data_path_rate(cfg: PretrainConfig, steps: int) -> float:
+    """Loader + the method's on-device targets (Lab, resampling, soft encoding)."""
+    method = build_model(cfg)
+    return _timed(cfg, steps, lambda x: method._batch(x, CPU))
+
+
+def training_rate(cfg: PretrainConfig, steps: int) -> float:
+    """Full steps of the method through its own ``training_step`` (Adam, the recipe's lr)."""
+    method = build_model(cfg).train()
+    opts = {k: torch.optim.Adam(v, lr=cfg.optim.lr_values[0], betas=tuple(cfg.optim.betas))
+            for k, v in method.optimizer_groups().items()}
+    ctx = StepContext(CPU)
+    return _timed(cfg, steps, lambda x: method.training_step([x], method, opts, ctx))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(cfg.data.root).is_dir():
         print(f"no data at {cfg.data.root}: run `colorbench make-data --out data/builtin` first", file=sys.stderr)
         return 2
-    out_size = build_model(cfg).feature_size(cfg.data.crop, cfg.data.crop)
-    data = data_path_rate(cfg, args.steps, out_size)
+    data = data_path_rate(cfg, args.steps)
     train = training_rate(cfg, args.steps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {cfg.batch_size}, crop {cfg.data.crop}, "
-          f"{cfg.encoder} {dict(cfg.encoder_kwargs)}, {cfg.data.num_workers} loader worker(s)")
+          f"{cfg.method} {dict(cfg.method_kwargs)} on {cfg.encoder} {dict(cfg.encoder_kwargs)}, {cfg.data.num_workers} loader worker(s)")
     print(f"data path (decode+crop+Lab+encode): {data:8.1f} images/s")
     print(f"training step (all of it):          {train:8.1f} images/s")
     print(f"ratio data/training:                {data / train:8.1f}x")

@@ -48,6 +48,8 @@ class OptimConfig:
     lr_steps: list[int] = field(default_factory=lambda: [200_000, 375_000])  # where lr drops
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 1e-3
+    bias_lr_mult: float = 1.0  # Caffe recipes (the released AlexNet one): biases at lr x2 ...
+    bias_decay_mult: float = 1.0  # ... and without weight decay (0)
 
 
 def _pretext_data() -> DataConfig:
@@ -132,8 +134,8 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.ctx = StepContext(self.device, autocast=self.autocast, channels_last=self.cuda and cfg.channels_last,
                                config=cfg, say=self.say)
-        self.optimizers = {name: torch.optim.Adam(params, lr=cfg.optim.lr_values[0], betas=tuple(cfg.optim.betas),
-                                                  weight_decay=cfg.optim.weight_decay)
+        self.optimizers = {name: torch.optim.Adam(self.param_groups(params), lr=cfg.optim.lr_values[0],
+                                                  betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
                            for name, params in self.method.optimizer_groups().items()}
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, piecewise_lr(cfg.optim))
                            for name, opt in self.optimizers.items()}
@@ -149,6 +151,15 @@ class Trainer:
                     if self.world > 1 else None)
 
     # -- set-up ------------------------------------------------------------------------
+    def param_groups(self, params: list) -> list[dict]:
+        """Weights, and biases at ``bias_lr_mult`` x lr with ``bias_decay_mult`` x weight decay."""
+        o = self.cfg.optim
+        biases = {id(p) for n, p in self.method.named_parameters() if n.endswith(".bias")}
+        groups = [{"params": [p for p in params if id(p) not in biases]},
+                  {"params": [p for p in params if id(p) in biases], "lr": o.lr_values[0] * o.bias_lr_mult,
+                   "weight_decay": o.weight_decay * o.bias_decay_mult}]
+        return [g for g in groups if g["params"]]
+
     def _kmeans_init(self) -> None:
         from pretext.encoders.init import kmeans_init
 
@@ -328,11 +339,13 @@ def run_prior(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(PretrainConfig, args)
     device = dist_utils.pick_device(cfg.device)
+    method = build_model(cfg)  # the prior is counted on its targets' grid
+    grid, sampling = method.output_size(cfg.data.crop, cfg.data.crop), getattr(method, "target_sampling", "point")
     if args.out:
-        acc, skipped = estimate_prior(cfg.data, cfg.prior.max_images, device)
-        save_prior(args.out, acc.counts, {"images": acc.images, "skipped": skipped.as_dict()})
+        acc, skipped = estimate_prior(cfg.data, cfg.prior.max_images, device, grid, sampling)
+        save_prior(args.out, acc.counts, {"images": acc.images, "grid": list(grid), "skipped": skipped.as_dict()})
         print(f"prior of {acc.images} images ({skipped}) written to {args.out}")
         return 0
-    _, where = get_or_compute_prior(cfg.data, cfg.prior, device)
+    _, where = get_or_compute_prior(cfg.data, cfg.prior, device, grid, sampling)
     print(f"prior: {where}")
     return 0

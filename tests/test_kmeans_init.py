@@ -109,3 +109,15 @@ def test_loader_entry_point_includes_head():
         assert torch.isfinite(model.logits(torch.rand(2, 1, 48, 48) - 0.5)).all()
     with pytest.raises(ValueError, match="no usable image"):
         kmeans_init(model, [{"image": torch.empty(0, 3, 0, 0, dtype=torch.uint8)}], "cpu")
+
+
+def test_kmeans_clusters_at_least_100_patches_per_filter():
+    """magic_init's "10 x k" is its mini-batch size, not the data: one batch of 10 patches
+    per centre would understate the Krähenbühl baseline."""
+    torch.manual_seed(0)
+    model = build_encoder("alexnet_cc", width=0.125)  # conv1: 12 filters; conv2: 2 groups of 16
+    report = kmeans_init_(model, [smooth_images(24, 64, seed) for seed in (1, 2)], seed=0)
+    assert report["conv1.0"].startswith("kmeans (1200 patches)")  # 100 x 12
+    assert report["conv2.0"].startswith("kmeans (1600 patches)")  # 100 x 16 per group, shared rows
+    capped = kmeans_init_(build_encoder("alexnet_cc", width=0.125), [smooth_images(8, 64, 1)], max_patches=300)
+    assert capped["conv1.0"].startswith("kmeans (300 patches)")

@@ -1,5 +1,6 @@
 """Image sources: decoding of every PIL mode, counted skips, the four layouts, the
 paper's transforms and loader determinism. Small images written into tmp_path."""
+import os
 import struct
 import zlib
 
@@ -355,3 +356,43 @@ def test_loader_with_distributed_sampler(tmp_path):
     assert sorted(torch.cat(seen).tolist()) == list(range(6))  # each rank gets its half
     with pytest.raises(ValueError, match="sampler"):
         make_loader(src, 2, shuffle=True, sampler=sampler)
+
+
+def _val_folder(root, per_class=3):
+    """ImageNet-style val: ILSVRC2012_val_%08d names spread over class folders, so the
+    first N by name mix classes while the first N listed (class by class) do not."""
+    from PIL import Image
+    classes = ["n01", "n02", "n03"]
+    for i in range(len(classes) * per_class):
+        folder = root / "val" / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(folder / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    return root
+
+
+def test_limit_takes_the_first_files_by_name_across_classes(tmp_path):
+    root = _val_folder(tmp_path)
+    src = build_source("imagefolder", str(root), "val", limit=3)
+    names = [os.path.basename(src[i]["path"]) for i in range(len(src))]
+    assert names == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]  # the official order
+    assert sorted(int(src[i]["label"]) for i in range(len(src))) == [0, 1, 2]  # all three classes, not class 0
+
+
+def test_validation_on_the_training_list_is_refused(tmp_path):
+    from pretext.data.sources import DataConfig, source_for
+    root = _val_folder(tmp_path)
+    lst = tmp_path / "train.txt"
+    lst.write_text("\n".join(f"val/n01/ILSVRC2012_val_{i:08d}.JPEG 0" for i in (1, 4, 7)))
+    same = DataConfig(kind="filelist", root=str(root), train_list=str(lst), val_list=str(lst))
+    with pytest.raises(ValueError, match="validation split is the training split"):
+        source_for(same, "val")
+    no_val = DataConfig(kind="filelist", root=str(root), train_list=str(lst), val_split=None)
+    with pytest.raises(ValueError, match="set data.val_list"):
+        source_for(no_val, "val")
+    held_out = tmp_path / "val.txt"
+    held_out.write_text(f"val/n02/ILSVRC2012_val_{2:08d}.JPEG 1\n")
+    ok = DataConfig(kind="filelist", root=str(root), train_list=str(lst), val_list=str(held_out))
+    assert len(source_for(ok, "val")) == 1 and len(source_for(ok, "train")) == 3
+    folder = DataConfig(kind="imagefolder", root=str(root), train_split="val", val_split="val")
+    with pytest.raises(ValueError, match="validation split is the training split"):
+        source_for(folder, "val")

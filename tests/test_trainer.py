@@ -139,7 +139,7 @@ def test_training_over_real_voc_fixture_reports_truncated_files(tmp_path, year, 
     run = tmp_path / "voc"
     assert cli(["pretrain", "--config", str(REPO / "configs/pretext/tiny.yaml"), "--run-dir", str(run),
                 *[a for s in TINY + [f"data.root={root}", "data.kind=voc", "data.train_split=trainval",
-                                     "data.val_split=trainval", "batch_size=2", "iterations=2", "data.crop=64",
+                                     "data.val_split=test", "batch_size=2", "iterations=2", "data.crop=64",
                                      "data.resize=72", f"prior.cache_dir={tmp_path}"] for a in ("--set", s)]]) == 0
     values = {(r["split"], r["metric"]): r["value"] for r in json.loads((run / "metrics.json").read_text())["records"]}
     assert values[("train", "skipped/truncated")] >= 1

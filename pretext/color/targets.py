@@ -39,12 +39,28 @@ def to_lab(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return rgb_to_lab(images.to(device, non_blocking=True).float().div_(255.0))
 
 
+SAMPLINGS = ("point", "area")
+
+
+def resample_ab(ab: torch.Tensor, out_size: tuple[int, int], sampling: str = "point") -> torch.Tensor:
+    """ab [N,2,H,W] -> [N,2,h,w] on the loss's grid. ``point`` (the release: a strided 1x1
+    convolution picks one pixel per output cell; nearest-neighbour does the same, and
+    also for sizes that are not a multiple of the stride) keeps each pixel's chroma;
+    ``area`` averages a cell, which mixes colours and lowers chroma (measured on real
+    crops at stride 16: mean chroma 16.05 point-sampled vs 15.16 averaged)."""
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"target sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if tuple(ab.shape[2:]) == tuple(out_size):
+        return ab
+    return F.interpolate(ab, size=out_size, mode="nearest" if sampling == "point" else "area")
+
+
 def prepare_batch(images: torch.Tensor, out_size: tuple[int, int], device: torch.device,
-                  k: int = 5, sigma: float = 5.0, encode: bool = True) -> PretextBatch:
-    """uint8 RGB [N,3,H,W] -> PretextBatch; targets are area-downsampled to ``out_size``."""
+                  k: int = 5, sigma: float = 5.0, encode: bool = True, sampling: str = "point") -> PretextBatch:
+    """uint8 RGB [N,3,H,W] -> PretextBatch; targets resampled to ``out_size`` (``resample_ab``)."""
     lab = to_lab(images, device)  # [N,3,H,W]
     ab = lab[:, 1:]
-    target_ab = F.interpolate(ab, size=out_size, mode="area") if tuple(ab.shape[2:]) != tuple(out_size) else ab
+    target_ab = resample_ab(ab, out_size, sampling)
     # the non-gray rule looks at the full-resolution image: no |a| or |b| > 5 anywhere
     mask = colorful_mask(ab)
     encoding = soft_encode(target_ab.contiguous(), k=k, sigma=sigma) if encode else None

@@ -40,6 +40,20 @@ log = logging.getLogger(__name__)
 KINDS = ("imagefolder", "folder", "filelist", "voc")
 
 
+def check_disjoint_splits(d: "DataConfig") -> None:
+    """Refuse a validation split that is the training split (results would be on training images)."""
+    def where(name, lst):
+        if d.kind == "filelist":
+            return os.path.abspath(lst) if lst else os.path.abspath(os.path.join(d.root, f"{name}.txt"))
+        return (os.path.abspath(d.root), name)
+    if d.kind == "filelist" and d.train_list and not d.val_list and d.val_split is None:
+        raise ValueError("filelist data: set data.val_list (a list of held-out images); "
+                         "validating on data.train_list would score training images")
+    if where(d.train_split, d.train_list) == where(d.val_split, d.val_list):
+        raise ValueError(f"data: the validation split is the training split ({d.kind} {d.root} "
+                         f"{d.val_list or d.val_split}): set data.val_split / data.val_list to held-out images")
+
+
 @dataclass
 class DataConfig:
     """Where images come from: the one data section of every run kind's config."""
@@ -65,9 +79,12 @@ class DataConfig:
 
 def source_for(d: DataConfig, split: str, transform: Callable | None = None, limit: int | None = None,
                **kw) -> "ImageSource":
-    """The ``train`` or ``val`` source of a ``DataConfig`` (its split, list and limit)."""
+    """The ``train`` or ``val`` source of a ``DataConfig`` (its split, list and limit).
+    Validation on the training images is refused (same folder, list or VOC set)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if split == "val":
+        check_disjoint_splits(d)
     name, lst = (d.train_split, d.train_list) if split == "train" else (d.val_split, d.val_list)
     own = d.train_limit if split == "train" else d.val_limit
     limits = [n for n in (own, limit) if n is not None]
@@ -197,8 +214,12 @@ def build_source(kind: str, root: str, split: str | None = None, *, transform: C
     ``split`` selects: a sub-folder for ``imagefolder`` / ``folder`` (``train``,
     ``val``); the list ``<root>/<split>.txt`` for ``filelist`` (unless ``list_file`` is
     given); ``ImageSets/Main/<split>.txt`` for ``voc`` (default ``trainval``).
-    ``limit`` keeps the first N items in listing order (e.g. the paper's validation
-    set: the first 10k of ImageNet val). Empty sources and missing files -> ValueError.
+    ``limit`` keeps the first N images by file name across classes for
+    ``imagefolder`` / ``folder`` (an ImageFolder lists class by class, so "the first N
+    listed" would be the first classes only; ImageNet's ``ILSVRC2012_val_%08d`` names
+    give the official order, so ``limit=10000`` is the paper's validation set), and the
+    first N lines of a ``filelist`` / ``voc`` list (the user's order, e.g. the paper's
+    10k list). Empty sources and missing files -> ValueError.
     """
     root = os.fspath(root)
     classes = None
@@ -218,7 +239,10 @@ def build_source(kind: str, root: str, split: str | None = None, *, transform: C
         samples = voc_samples(root, split or "trainval")
     else:
         raise ValueError(f"unknown source kind {kind!r}; valid: {', '.join(KINDS)}")
-    samples = samples[:limit] if limit is not None else samples
+    if limit is not None:
+        if kind in ("imagefolder", "folder"):  # by file name across classes, not the first classes
+            samples = sorted(samples, key=lambda s: (os.path.basename(s[0]), s[0]))
+        samples = samples[:limit]
     # Lists name files that may not exist: check the first one so a wrong root fails
     # now, with a clear message, rather than as a run of 100% "missing" skips.
     if kind in ("filelist", "voc") and samples and not os.path.exists(samples[0][0]):

@@ -40,6 +40,8 @@ from torch import nn
 
 __all__ = ["kmeans_init", "kmeans_init_", "gaussian_init_", "calibration_batches", "kmeans_filters"]
 
+PATCHES_PER_CLUSTER = 100  # at least 100 input patches per k-means centre (filter)
+MAX_PATCHES = 100_000  # memory cap per layer: 100 per filter up to 1,000 filters per group
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 _LAYERS = _CONVS + (nn.BatchNorm2d,)
 
@@ -160,20 +162,25 @@ def kmeans_filters(patches: torch.Tensor | np.ndarray, n_out: int, seed: int = 0
 
 
 def _set_kmeans_filters(conv: nn.Conv2d, forward: Callable, batches: list[torch.Tensor],
-                        max_patches: int, seed: int) -> None:
+                        max_patches: int, seed: int) -> int:
+    """Set the conv's filters from k-means of its input patches; returns the patch count."""
     groups, cout = conv.groups, conv.out_channels
     per_group = cout // groups
-    keep = min(max_patches, 10 * per_group)               # magic_init: 10 samples per filter
+    # magic_init draws 10 x k patches per k-means *mini-batch*, over many batches; one
+    # batch of that size would leave ~10 patches per cluster and understate the baseline:
+    # cluster PATCHES_PER_CLUSTER x k patches at once (capped by max_patches for memory)
+    keep = min(max_patches, PATCHES_PER_CLUSTER * per_group)
     gen = torch.Generator().manual_seed(seed)
     collected: list[torch.Tensor] = []
     per_batch = -(-keep // len(batches))
     _capture(forward, conv, batches, lambda x: collected.append(_patches(x, conv, per_batch, gen)), "input")
-    cols = torch.cat(collected)                           # [M, Cin*kh*kw], on the model's device
+    cols = torch.cat(collected)[:keep]                    # [M, Cin*kh*kw], on the model's device
     width = cols.shape[1] // groups
     w = conv.weight                                       # [Cout, Cin/g, kh, kw]
     for g in range(groups):
         filt = kmeans_filters(cols[:, g * width:(g + 1) * width], per_group, seed + g)
         w[g * per_group:(g + 1) * per_group] = filt.reshape(per_group, *w.shape[1:]).to(w)
+    return cols.shape[0]
 
 
 def _standardise_conv(conv: nn.Module, forward: Callable, batches: list[torch.Tensor]) -> None:
@@ -237,7 +244,7 @@ def _layer_loop(model: nn.Module, batches: list[torch.Tensor], include_head: boo
 
 
 def kmeans_init_(model: nn.Module, batches: Iterable[torch.Tensor], include_head: bool = False,
-                 max_patches: int = 20000, seed: int = 0) -> dict[str, str]:
+                 max_patches: int = MAX_PATCHES, seed: int = 0) -> dict[str, str]:
     """Krähenbühl et al. k-means init, in place. ``batches``: encoder inputs [N, 1, H, W]
     (normalised L) on the model's device. ``include_head`` also initialises the colour
     head (the pretext wants it; a probe does not run it). Returns {layer: what was done}."""
@@ -246,7 +253,7 @@ def kmeans_init_(model: nn.Module, batches: Iterable[torch.Tensor], include_head
     def init_conv(conv: nn.Module, forward: Callable) -> str:
         how = "kmeans"
         if isinstance(conv, nn.Conv2d) and not isinstance(conv.padding, str):
-            _set_kmeans_filters(conv, forward, batches, max_patches, seed)
+            how += f" ({_set_kmeans_filters(conv, forward, batches, max_patches, seed)} patches)"
         else:
             nn.init.normal_(conv.weight)
             how = "gaussian"
@@ -296,7 +303,7 @@ def calibration_batches(loader: Iterable[dict], device: torch.device | str, max_
 
 
 def kmeans_init(model: nn.Module, loader: Iterable[dict], device: torch.device | str,
-                max_images: int = 512, include_head: bool = True, max_patches: int = 20000,
+                max_images: int = 512, include_head: bool = True, max_patches: int = MAX_PATCHES,
                 seed: int = 0) -> dict[str, str]:
     """``kmeans_init_`` on up to ``max_images`` images of ``loader`` (uint8 RGB batches).
     The colour head is included by default: this is the pretext trainer's entry point."""
