@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pretext.data.synthetic import generate as synthetic
+from pretext.data.synthetic import scenes
 
 from pretext.data.synthetic import voc_writer as synthetic_voc
 
@@ -65,11 +66,11 @@ def test_layout_and_manifest(tiny):
     with open(os.path.join(tiny, "dataset.json")) as handle:
         manifest = json.load(handle)
     assert manifest["complete"] and manifest["version"] == synthetic.GENERATOR_VERSION
-    assert manifest["classes"] == synthetic.CLASSES and len(synthetic.CLASSES) >= 8
+    assert manifest["classes"] == scenes.CLASSES and len(scenes.CLASSES) >= 8
     assert manifest["params"] == dict(seed=3, class_colours=True, **TINY)
     for split, per_class in (("train", 3), ("val", 2)):
-        assert sorted(os.listdir(os.path.join(tiny, "imagefolder", split))) == sorted(synthetic.CLASSES)
-        for name in synthetic.CLASSES:
+        assert sorted(os.listdir(os.path.join(tiny, "imagefolder", split))) == sorted(scenes.CLASSES)
+        for name in scenes.CLASSES:
             files = os.listdir(os.path.join(tiny, "imagefolder", split, name))
             assert len(files) == per_class
             with Image.open(os.path.join(tiny, "imagefolder", split, name, files[0])) as image:
@@ -109,7 +110,7 @@ def test_voc_xml_boxes_inside_and_some_difficult(tiny):
         assert 1 <= len(objects) <= 4
         for obj in objects:
             xmin, ymin, xmax, ymax = obj["box"]
-            assert obj["name"] in synthetic.CLASSES
+            assert obj["name"] in scenes.CLASSES
             assert 1 <= xmin <= xmax <= 32 and 1 <= ymin <= ymax <= 32  # VOC: 1-based, inclusive
             difficult += obj["difficult"]
     assert difficult > 0
@@ -118,7 +119,7 @@ def test_voc_xml_boxes_inside_and_some_difficult(tiny):
 def test_class_lists_follow_voc_convention(tiny):
     for split in synthetic_voc.VOC_SPLITS:
         ids = _ids(tiny, "Main", split)
-        for name in synthetic.CLASSES:
+        for name in scenes.CLASSES:
             with open(_voc(tiny, "ImageSets", "Main", f"{name}_{split}.txt")) as handle:
                 rows = [line.split() for line in handle]
             assert [r[0] for r in rows] == ids
@@ -131,7 +132,7 @@ def test_class_lists_follow_voc_convention(tiny):
 
 
 def test_segmentation_pngs_use_voc_palette_and_labels(tiny):
-    num_classes = len(synthetic.CLASSES)
+    num_classes = len(scenes.CLASSES)
     for image_id in _ids(tiny, "Segmentation", "trainval"):
         with Image.open(_voc(tiny, "SegmentationClass", f"{image_id}.png")) as image:
             assert image.mode == "P" and image.size == (32, 32)
@@ -139,7 +140,7 @@ def test_segmentation_pngs_use_voc_palette_and_labels(tiny):
             values = set(np.unique(np.asarray(image)).tolist())
         assert values <= set(range(num_classes + 1)) | {255}
         names = {o["name"] for o in _objects(tiny, image_id)}
-        assert values - {0, 255} <= {1 + synthetic.CLASSES.index(n) for n in names}
+        assert values - {0, 255} <= {1 + scenes.CLASSES.index(n) for n in names}
         assert 255 in values  # the ignore band around each object
 
 
@@ -154,7 +155,7 @@ def test_torchvision_readers(tiny):
     detection = datasets.VOCDetection(root=tiny, year="2007", image_set="trainval", download=False)
     image, target = detection[0]
     assert len(detection) == len(_ids(tiny, "Main", "trainval")) and image.size == (32, 32)
-    assert target["annotation"]["object"][0]["name"] in synthetic.CLASSES
+    assert target["annotation"]["object"][0]["name"] in scenes.CLASSES
     assert len(datasets.VOCDetection(root=tiny, year="2007", image_set="test", download=False)) > 0
     segmentation = datasets.VOCSegmentation(root=tiny, year="2007", image_set="train", download=False)
     image, mask = segmentation[0]
@@ -167,9 +168,9 @@ def test_conversion_keeps_lightness():
 
     rng = np.random.default_rng(0)
     for _ in range(5):
-        placements, masks, _ = synthetic.voc_scene(rng, 48)
-        lab = synthetic.paint(rng, 48, placements, masks)
-        back = rgb2lab(synthetic.lab_to_srgb8(lab) / 255.0)
+        placements, masks, _ = scenes.voc_scene(rng, 48)
+        lab = scenes.paint(rng, 48, placements, masks)
+        back = rgb2lab(scenes.lab_to_srgb8(lab) / 255.0)
         assert np.abs(back[..., 0] - lab[..., 0]).max() < 1.0
 
 
@@ -193,7 +194,7 @@ def test_random_colours_keep_scenes_and_lightness(tmp_path):
     params = dict(size=32, num_train=1, num_val=1, num_voc=0, verbose=False)
     synthetic.make_dataset(tmp_path / "a", **params)
     synthetic.make_dataset(tmp_path / "b", class_colours=False, **params)
-    for name in synthetic.CLASSES:
+    for name in scenes.CLASSES:
         rel = os.path.join("imagefolder", "train", name, f"{name}_00000.png")
         la, lb = (rgb2lab(np.asarray(Image.open(tmp_path / x / rel).convert("RGB")) / 255.0)[..., 0] for x in "ab")
         assert np.abs(la - lb).mean() < 0.5
