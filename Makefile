@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.colorbench-installed
 
-.PHONY: install test demo clean
+.PHONY: install browser-deps test demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,19 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The study's browser test (tests/test_study.py) drives the distribution's headless
+# Chromium through Selenium. Installed only when missing, as root, with apt-get; otherwise
+# (or if apt fails) this says why and the test skips with its reason: never a failed build.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u 2>/dev/null)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser-deps: chromium/chromedriver missing; as root on Debian/Ubuntu: apt-get install chromium chromium-driver (the browser test skips)"; \
+	else \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "browser-deps: apt-get could not install chromium chromium-driver; the browser test skips"; \
+	fi
+
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: $(STAMP)

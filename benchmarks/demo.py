@@ -39,7 +39,8 @@ class DemoConfig:
     probe_config: str = "configs/downstream/probe_tiny.yaml"
     probe_overrides: list[str] = field(default_factory=lambda: ["data.augment=false", "cache.enabled=true"])
     probe_methods: list[str] = field(default_factory=lambda: ["checkpoint", "gaussian", "kmeans", "supervised"])
-    eval_overrides: list[str] = field(default_factory=list)  # extra eval-color arguments
+    eval_config: str = "configs/downstream/eval_color_tiny.yaml"
+    eval_overrides: list[str] = field(default_factory=list)  # eval-color config overrides (key=value)
 
 
 def _sets(overrides: list[str]) -> list[str]:
@@ -100,9 +101,10 @@ class Demo:
                    *_sets([f"data.root={train_root}", f"prior.cache_dir={self.runs / 'cache'}", f"seed={cfg.seed}",
                            *cfg.pretrain_overrides])])
         self.step("eval-color", self.runs / "color" / "metrics.json",
-                  ["eval-color", "--checkpoint", str(self.checkpoint), "--data", train_root, "--out",
-                   str(self.runs / "color"), "--cache-dir", str(self.runs / "cache"), "--dataset-name", "builtin",
-                   *cfg.eval_overrides])
+                  ["eval-color", "--config", cfg.eval_config, "--checkpoint", str(self.checkpoint), "--data", train_root,
+                   "--run-dir", str(self.runs / "color"),
+                   *_sets([f"prior.cache_dir={self.runs / 'cache'}", f"classifier.cache_dir={self.runs / 'cache'}",
+                           *cfg.eval_overrides])])
         for method in cfg.probe_methods:
             label = "colorization" if method == "checkpoint" else method
             argv = ["probe", "--config", cfg.probe_config, "--init", method, "--run-dir", str(self.runs / f"probe-{label}"),

@@ -12,7 +12,7 @@ ratio is the price of the four extra heads. Bar: <= 1.5x. For context it also ti
 five taps probed one at a time (five trunk passes, each as deep as its tap).
 Default: full-width AlexNet, 227 crops, the published pools, 1000 classes (ImageNet).
 
-memory: a whole streaming probe run (``downstream.linear_probe.main``: data loading,
+memory: a whole streaming probe run (``downstream.probe.linear_probe.main``: data loading,
 training for one epoch, validation) over N and over 4N images of the built-in data,
 each in a fresh subprocess; peak resident memory (``ru_maxrss``; on CUDA also
 ``torch.cuda.max_memory_allocated``). Streaming never holds the data set's features,
@@ -42,9 +42,9 @@ def _sync(device: torch.device) -> None:
 def time_probe(trunk, taps: list[str], batches: list[torch.Tensor], labels: list[torch.Tensor],
                crop: int, num_classes: int, device: torch.device, repeats: int) -> float:
     """Best-of-``repeats`` seconds per training step of a probe on ``taps``."""
-    from downstream.linear_probe import ProbeOptim, make_optimizer
-    from downstream.probe_feeds import featurize
-    from downstream.probe_heads import ProbeHeads, build_pool_specs
+    from downstream.probe.linear_probe import ProbeOptim, make_optimizer
+    from downstream.probe.feeds import featurize
+    from downstream.probe.heads import ProbeHeads, build_pool_specs
 
     heads = ProbeHeads(build_pool_specs(trunk, taps, crop), num_classes).to(device)
     opt = make_optimizer(list(heads.parameters()), ProbeOptim())
@@ -70,11 +70,11 @@ def time_probe(trunk, taps: list[str], batches: list[torch.Tensor], labels: list
 
 
 def bench_heads(args, device: torch.device) -> dict:
-    from downstream.probe_heads import freeze
-    from pretext.encoders import build_encoder
+    from downstream.probe.heads import freeze
+    from downstream.trunks import encoder_trunk
 
     torch.manual_seed(0)
-    trunk = freeze(build_encoder(args.encoder, width=args.width)).to(device)
+    trunk = freeze(encoder_trunk(args.encoder, {"width": args.width})).to(device)
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 256, (args.batch, 3, args.crop, args.crop), generator=g, dtype=torch.uint8)
                for _ in range(args.steps)]
@@ -96,15 +96,14 @@ def bench_heads(args, device: torch.device) -> dict:
 
 def _child_memory(root: str, images: int, device: str) -> dict:
     """One streaming probe run over ``images`` training images; peak memory."""
-    from downstream.linear_probe import ProbeConfig, main
-    from pretext.config import load_config
+    from downstream.probe.linear_probe import ProbeConfig, main
+    from pretext.engine.config import load_config
 
-    sets = [f"data.root={root}", f"data.train_limit={images}", "data.val_limit=64", "data.batch_size=32",
+    sets = [f"data.root={root}", f"data.train_limit={images}", "data.val_limit=64", "batch_size=32",
             "data.num_workers=0", f"optim.iterations={images // 32}", "optim.milestones=[]",
-            f"device={device}", "log_every=1000"]
+            f"device={device}", "log_every=1000", "trunk.init=gaussian"]
     cfg = load_config(ProbeConfig, os.path.join(os.path.dirname(__file__), "..", "configs", "downstream",
                                                 "probe_tiny.yaml"), sets)
-    cfg.init = "gaussian"
     with tempfile.TemporaryDirectory() as out:
         main(cfg, ["probe_speed", "memory"], run_dir=out)
     peak_cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
@@ -113,7 +112,7 @@ def _child_memory(root: str, images: int, device: str) -> dict:
 
 
 def bench_memory(args, device: torch.device) -> dict:
-    from pretext.synthetic import make_dataset
+    from pretext.data.synthetic.generate import make_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         per_class = -(-4 * args.images // 8)
@@ -151,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from pretext.config import git_revision
-    from pretext.distributed import pick_device
+    from pretext.engine.config import git_revision
+    from pretext.engine.dist import pick_device
 
     device = pick_device(args.device)
     if args.which == "_child":

@@ -64,20 +64,14 @@ class ColorizeError(ValueError):
 
 
 def method_decoders(method: Method) -> tuple[str, ...]:
-    """The decoders ``method.predict_ab`` tells apart; () when it regresses ab directly
-    (Zhang's ``l2``), so eval-color scores it once rather than once per decoder."""
-    own = getattr(method, "decoders", None)
-    if own is not None:
-        return tuple(own)
-    return () if getattr(method, "loss_name", None) == "l2" else DECODERS
+    """The decoders ``method.predict_ab`` tells apart; () when it gives one output (e.g.
+    Zhang's ``l2`` regression), so eval-color scores it once rather than once per decoder."""
+    return tuple(method.decoders)
 
 
 def method_label(method: Method) -> str:
-    """Record name of a method's rows: Zhang's keep the paper's ``colorization-<loss>``."""
-    own = getattr(method, "record_name", None)
-    if own:
-        return str(own)
-    return f"colorization-{method.loss_name}" if method.method_name == "zhang" else method.method_name
+    """Record name of a method's rows (Zhang's keep the paper's ``colorization-<loss>``)."""
+    return method.record_name
 
 
 @dataclass

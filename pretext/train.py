@@ -298,8 +298,7 @@ class Trainer:
         if not dist_utils.is_main():
             return
         self.say(f"skipped images: {self.skipped}")
-        method = self.cfg.method_kwargs.get("loss", "full") if self.cfg.method == "zhang" else ""
-        base = {"suite": "pretext", "method": f"colorization-{method}" if method else self.cfg.method,
+        base = {"suite": "pretext", "method": self.method.record_name,
                 "encoder": self.cfg.encoder, "protocol": "pretext", "dataset": self.cfg.data.dataset_name,
                 "split": self.cfg.data.val_split or "", "layer": ""}
         records = [dict(base, metric=k, value=v) for k, v in final.items()]

@@ -1,27 +1,42 @@
-"""``colorbench colorize``: any size, gray or colour input, decoders, bad input."""
+"""``colorbench colorize``: through ``Method.predict_ab``; any size, gray or colour input,
+decoders, costs, v1 checkpoints, bad input."""
 from __future__ import annotations
 
+import argparse
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
-from benchmarks.cli import main as cli
-from pretext.colorize import ColorizeError, colorize_image, load_colorizer
-from pretext.encoders import build_encoder
-from pretext.pipeline import to_lab
-from pretext.runs import encoder_checkpoint, load_checkpoint, save_checkpoint
-from pretext.sources import build_source
-from pretext.synthetic import make_dataset
-from tests.conftest import REPO, shared_path
+import pretext.colorize as colorize_cmd
+from pretext.color.bins import ab_centers
+from pretext.color.lab import lab_to_rgb
+from pretext.color.prior import estimate_prior
+from pretext.color.targets import to_lab
+from pretext.colorize import ColorizeError, Colorizer, colorize_image, load_colorizer
+from pretext.data.loader import make_loader, train_transform
+from pretext.data.sources import DataConfig, build_source
+from pretext.data.synthetic.generate import make_dataset
+from pretext.encoders import build_encoder, list_encoders
+from pretext.engine.checkpoint import CheckpointError, save_checkpoint, trunk_checkpoint
+from pretext.engine.config import to_dict
+from pretext.methods import Method, StepContext, build_method, list_methods, method_payload
+from tests.conftest import shared_path
 
-# A tiny full-loss model trained for real (seconds on 2 cores); images stay at
-# their native 48 px (data.resize=48), so the checkpoint's working size is 48.
-TINY = ["encoder=alexnet_cc", "encoder_kwargs={width: 0.125}", "batch_size=8", "data.crop=40", "data.resize=48",
-        "data.num_workers=0", "log_every=10", "val_every=1000", "val_images=8", "data.val_limit=8",
-        "prior.max_images=24", "optim.lr_values=[3e-3]", "optim.lr_steps=[]", "ckpt_every=1000"]
+CROP, RESIZE = 40, 48  # the tiny model's training geometry: its working size is RESIZE
+PRIOR_IMAGES = 64  # every training image of the miniature data
+METHOD_KWARGS = {"head": "linear"}  # one 1x1 conv on conv5: the cheapest head, trained in seconds
+
+
+def command(module, argv: list[str]) -> int:
+    """Run a subcommand module (``add_arguments`` / ``run``) as the CLI does."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
 
 
 def tiny_data(factory) -> Path:
@@ -32,17 +47,38 @@ def tiny_data(factory) -> Path:
     return root / "imagefolder"
 
 
+def train_tiny(data: Path, loss: str, iterations: int) -> tuple[Method, dict]:
+    """Zhang's method on a 1/8-width AlexNet, trained for real (seconds on one core):
+    the training prior counted over the training images, Adam at a CPU-sized lr."""
+    torch.manual_seed(0)
+    method = build_method("zhang", build_encoder("alexnet_cc", width=0.125), loss=loss, **METHOD_KWARGS)
+    config = DataConfig(root=str(data), crop=CROP, resize=RESIZE)
+    grid = method.output_size(CROP, CROP)  # as pretraining counts it: on the targets' grid
+    acc, _ = estimate_prior(config, PRIOR_IMAGES, torch.device("cpu"), grid)
+    method.set_prior(acc.prior())
+    source = build_source("imagefolder", data, "train", transform=train_transform(CROP, RESIZE))
+    opt = torch.optim.Adam(method.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=1e-4)
+    ctx, step = StepContext(torch.device("cpu")), 0
+    method.train()
+    while step < iterations:
+        for batch in make_loader(source, 8, shuffle=True, seed=step, drop_last=True):
+            ctx.step = step
+            method.training_step([batch["image"]], method, {"main": opt}, ctx)
+            step += 1
+            if step == iterations:
+                break
+    return method.eval(), {"data": to_dict(config)}
+
+
 def tiny_checkpoint(factory, loss: str = "full", iterations: int = 60) -> Path:
-    """Train (once per session, shared by the colorize and eval-color tests) a tiny model."""
-    run = factory.getbasetemp() / f"colorbench_tiny_{loss}_{iterations}"
-    ckpt = run / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        data = tiny_data(factory)
-        sets = TINY + [f"data.root={data}", f"prior.cache_dir={run.parent / 'colorbench_cache'}",
-                       f"loss={loss}", f"iterations={iterations}"]
-        args = [a for s in sets for a in ("--set", s)]
-        assert cli(["pretrain", "--config", str(REPO / "configs/pretext/tiny.yaml"), "--run-dir", str(run), *args]) == 0
-    return ckpt
+    """The tiny trained checkpoint (once per session, shared with the eval-color tests)."""
+    path = factory.getbasetemp() / f"colorbench_tiny_{loss}_{iterations}.pt"
+    if not path.is_file():
+        with torch.random.fork_rng():
+            method, config = train_tiny(tiny_data(factory), loss, iterations)
+        save_checkpoint(path, method_payload(method, "alexnet_cc", {"width": 0.125}, {"loss": loss, **METHOD_KWARGS},
+                                             config=config, step=iterations))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +90,21 @@ def _chroma(ab: torch.Tensor) -> float:
     return float(ab.pow(2).sum(1).sqrt().mean())
 
 
-def test_annealed_is_between_mean_and_mode_on_real_outputs(full_ckpt, tmp_path_factory):
+def test_decoders_reach_the_method_on_real_outputs(full_ckpt, tmp_path_factory):
     colorizer = load_colorizer(full_ckpt)
-    assert colorizer.size == 48 and colorizer.method() == "colorization-full-annealed"
+    assert colorizer.size == RESIZE and colorizer.record_name() == "colorization-full-annealed"
     source = build_source("imagefolder", tiny_data(tmp_path_factory), "val")
     images = torch.stack([source[i]["image"] for i in range(len(source))])  # [N,3,48,48]
     lightness = to_lab(images, "cpu")[:, :1]
-    sat = {d: _chroma(colorizer.predict_ab(lightness, d)) for d in ("mean", "annealed", "mode")}
-    assert sat["mean"] < sat["annealed"] < sat["mode"], sat
+    ab = {d: colorizer.predict_ab(lightness, d, full_size=False) for d in ("mean", "annealed", "mode")}  # [N,2,h,w]
+    assert ab["mode"].shape == (len(source), 2, *colorizer.method.output_size(48, 48))  # the method's output size
+    # mode: every pixel is one of the 313 bin centres; the mean of the distribution is not
+    centres = ab_centers()
+    nearest = torch.cdist(ab["mode"].permute(0, 2, 3, 1).reshape(-1, 2), centres).min(1).values
+    assert nearest.max() < 1e-4 and torch.cdist(ab["mean"].permute(0, 2, 3, 1).reshape(-1, 2), centres).min(1).values.max() > 1
+    # the paper's reason for annealing: the mean of a multimodal distribution is desaturated
+    assert _chroma(ab["mean"]) < _chroma(ab["annealed"]), {d: _chroma(v) for d, v in ab.items()}
+    assert not torch.allclose(ab["annealed"], ab["mean"], atol=0.1)
 
 
 def test_same_checkpoint_same_input_identical_output(full_ckpt, tmp_path):
@@ -69,7 +112,8 @@ def test_same_checkpoint_same_input_identical_output(full_ckpt, tmp_path):
     Image.fromarray(rng.integers(0, 255, (37, 90, 3), dtype=np.uint8)).save(tmp_path / "odd.png")
     outs = []
     for name in ("a", "b"):
-        assert cli(["colorize", str(tmp_path / "odd.png"), "--checkpoint", str(full_ckpt), "--out", str(tmp_path / name)]) == 0
+        argv = [str(tmp_path / "odd.png"), "--checkpoint", str(full_ckpt), "--out", str(tmp_path / name)]
+        assert command(colorize_cmd, argv) == 0
         outs.append((tmp_path / name / "odd.png").read_bytes())
     assert outs[0] == outs[1]
     assert Image.open(tmp_path / "a" / "odd.png").size == (90, 37)  # full input resolution
@@ -79,8 +123,8 @@ def test_gray_and_tiny_inputs_any_aspect(full_ckpt, tmp_path):
     gray = np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (12, 1))  # 12 x 300: below alexnet's 35 px minimum
     Image.fromarray(gray, "L").save(tmp_path / "old.png")
     out = tmp_path / "out"
-    assert cli(["colorize", str(tmp_path / "old.png"), "--checkpoint", str(full_ckpt), "--out", str(out),
-                "--grid", "--size", "0"]) == 0
+    assert command(colorize_cmd, [str(tmp_path / "old.png"), "--checkpoint", str(full_ckpt), "--out", str(out),
+                                  "--grid", "--size", "0"]) == 0
     result = np.asarray(Image.open(out / "old.png").convert("RGB")).astype(int)
     assert result.shape == (12, 300, 3)
     # the lightness is the input's: the gray version of the result is close to the input
@@ -97,7 +141,7 @@ def test_kodak_at_native_sizes(tmp_path_factory, tmp_path):
     full_ckpt = tiny_checkpoint(tmp_path_factory)
     files = [kodak / "kodim01.png", kodak / "kodim04.png"]  # 768 x 512 and 512 x 768
     out = tmp_path / "kodak"
-    assert cli(["colorize", *map(str, files), "--checkpoint", str(full_ckpt), "--out", str(out), "--grid"]) == 0
+    assert command(colorize_cmd, [*map(str, files), "--checkpoint", str(full_ckpt), "--out", str(out), "--grid"]) == 0
     for f in files:
         assert Image.open(out / f.name).size == Image.open(f).size
         w, h = Image.open(f).size
@@ -110,8 +154,8 @@ def test_unreadable_files_are_skipped_and_listed(full_ckpt, tmp_path, capsys):
     Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(folder / "sub" / "good.jpg")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "empty.jpg").write_bytes(b"")
-    rc = cli(["colorize", str(folder), str(tmp_path / "missing.png"), "--checkpoint", str(full_ckpt),
-              "--out", str(tmp_path / "out")])
+    rc = command(colorize_cmd, [str(folder), str(tmp_path / "missing.png"), "--checkpoint", str(full_ckpt),
+                                "--out", str(tmp_path / "out")])
     assert rc == 0 and (tmp_path / "out" / "sub" / "good.png").is_file()  # sub-folders are kept
     err = capsys.readouterr().err
     assert "skipped 3 unreadable file(s)" in err
@@ -124,65 +168,143 @@ def test_existing_output_folder_needs_overwrite(full_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    args = ["colorize", str(tmp_path / "x.png"), "--checkpoint", str(full_ckpt), "--out", str(out)]
-    assert cli(args) == 2 and "--overwrite" in capsys.readouterr().err
+    args = [str(tmp_path / "x.png"), "--checkpoint", str(full_ckpt), "--out", str(out)]
+    assert command(colorize_cmd, args) == 2 and "--overwrite" in capsys.readouterr().err
     assert not (out / "x.png").exists()
-    assert cli(args + ["--overwrite"]) == 0 and (out / "x.png").is_file() and (out / "keep.txt").read_text() == "mine"
+    assert command(colorize_cmd, args + ["--overwrite"]) == 0
+    assert (out / "x.png").is_file() and (out / "keep.txt").read_text() == "mine"
 
 
-def test_checkpoint_without_colorization_head_is_refused(full_ckpt, tmp_path, capsys):
-    payload = load_checkpoint(full_ckpt)
-    trunk = {k: v for k, v in payload["model"].items() if not k.startswith("head.")}
-    save_checkpoint(tmp_path / "trunk.pt", {**payload, "model": trunk})
-    with pytest.raises(ColorizeError, match="no colorization head"):
+def test_trunk_only_and_foreign_checkpoints_are_refused(tmp_path, capsys):
+    trunk = build_encoder("alexnet_cc", width=0.125)
+    save_checkpoint(tmp_path / "trunk.pt", trunk_checkpoint(trunk, "alexnet_cc", {"width": 0.125}))
+    with pytest.raises(CheckpointError, match="trunk only"):
         load_colorizer(tmp_path / "trunk.pt")
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "x.png")
-    assert cli(["colorize", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "trunk.pt"),
-                "--out", str(tmp_path / "o")]) == 2
-    assert "no colorization head" in capsys.readouterr().err
-    # a supervised-style head (1000 classes) is not a colorization head either
-    model = build_encoder("alexnet_cc", width=0.125, num_bins=1000)
-    save_checkpoint(tmp_path / "sup.pt", encoder_checkpoint(model, "alexnet_cc", {"width": 0.125, "num_bins": 1000}))
-    with pytest.raises(ColorizeError, match="1000 channels"):
-        load_colorizer(tmp_path / "sup.pt")
-    save_checkpoint(tmp_path / "foreign.pt", {"model": trunk})
-    with pytest.raises(ColorizeError, match="not a colorbench encoder checkpoint"):
+    assert command(colorize_cmd, [str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "trunk.pt"),
+                                  "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "trunk only" in err and "Traceback" not in err and not (tmp_path / "o" / "x.png").exists()
+    torch.save({"model": trunk.state_dict()}, tmp_path / "foreign.pt")  # plain weights, no colorbench format
+    with pytest.raises(CheckpointError, match="not a colorbench checkpoint"):
         load_colorizer(tmp_path / "foreign.pt")
+    with pytest.raises(ColorizeError, match="decoder must be one of"):
+        load_colorizer(tmp_path / "trunk.pt", decoder="median")
 
 
-def test_l2_head_predicts_ab_directly(tmp_path):
+@pytest.mark.parametrize("loss", ["full", "l2"])
+def test_v1_checkpoint_still_colorizes(loss, tmp_path):
+    """colorbench 0.1 wrote trunk + Zhang head in one state dict: it loads and predicts
+    exactly what the method it was written from predicts."""
     torch.manual_seed(0)
-    model = build_encoder("alexnet_cc", width=0.125, num_bins=2)
-    save_checkpoint(tmp_path / "l2.pt", encoder_checkpoint(model, "alexnet_cc", {"width": 0.125, "num_bins": 2}, loss="l2"))
-    colorizer = load_colorizer(tmp_path / "l2.pt", size=64)
-    assert colorizer.regression and colorizer.method("mode") == "colorization-l2"
-    image = torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8)
+    method = build_method("zhang", build_encoder("alexnet_cc", width=0.125), loss=loss).eval()
+    prior = torch.rand(313, generator=torch.Generator().manual_seed(2)) + 0.05
+    method.set_prior(prior / prior.sum())
+    model = {**method.trunk.state_dict(), **{k: v for k, v in method.method_state().items() if k.startswith("head.")}}
+    save_checkpoint(tmp_path / "v1.pt", {
+        "format": "colorbench-checkpoint-v1", "model": model, "encoder": "alexnet_cc",
+        "encoder_kwargs": {"width": 0.125, "num_bins": 2 if loss == "l2" else 313}, "loss": loss,
+        "prior": method.prior.clone(), "config": {"data": {"crop": 56, "resize": 64}}, "step": 10})
+    colorizer = load_colorizer(tmp_path / "v1.pt", decoder="mean")
+    assert colorizer.size == 64 and colorizer.record_name() == f"colorization-{loss}" + ("" if loss == "l2" else "-mean")
+    assert torch.equal(colorizer.method.prior, method.prior)
+    lightness = torch.rand(2, 1, 64, 80, generator=torch.Generator().manual_seed(3)) * 100
+    expected = method.predict_ab(lightness / 100 - 0.5, "mean")  # working size = the input's: no resizing
+    assert torch.allclose(colorizer.predict_ab(lightness, full_size=False), expected, atol=1e-5)
+    assert colorize_image(colorizer, torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8)).rgb.shape == (3, 64, 80)
+
+
+class FixedAB(Method):
+    """A stand-in method whose ``predict_ab`` returns ``ab`` [1,2,h,w] whatever its
+    input, and remembers the input it was given."""
+
+    decoders = ()
+
+    def __init__(self, ab: torch.Tensor):
+        super().__init__(nn.Identity())
+        self.anchor = nn.Parameter(torch.zeros(1))  # a parameter, so the colorizer finds a device
+        self.ab, self.seen = ab, None
+
+    def predict_ab(self, lightness, decoder="annealed"):
+        self.seen = lightness.clone()
+        return self.ab.expand(lightness.shape[0], -1, -1, -1)
+
+
+def test_predict_ab_works_at_the_working_size_and_upsamples_bilinearly():
+    a = torch.tensor([[[0.0, 100.0]]])  # a over a 1 x 2 output map
+    method = FixedAB(torch.stack([a, torch.zeros_like(a)], 1))  # [1,2,1,2]
+    colorizer = Colorizer(method, {"encoder": "none"}, "fixed", size=8)
+    lightness = torch.full((1, 1, 4, 6), 100.0)  # a white 4 x 6 image
+    ab = colorizer.predict_ab(lightness)
+    # short side 4 -> 8: the method saw 8 x 12, normalised L = 100 / 100 - 0.5
+    assert method.seen.shape == (1, 1, 8, 12) and torch.allclose(method.seen, torch.full_like(method.seen, 0.5))
+    # bilinear, half-pixel centres, width 2 -> 6: output x = 0..5 samples input x = (x + 0.5) / 3 - 0.5
+    # = -1/3, 0, 1/3, 2/3, 1, 4/3 (clamped to 0..1), i.e. a = 0, 0, 100/3, 200/3, 100, 100
+    assert ab.shape == (1, 2, 4, 6)
+    expected_a = torch.tensor([0.0, 0.0, 100 / 3, 200 / 3, 100.0, 100.0])
+    assert torch.allclose(ab[0, 0], expected_a.expand(4, 6), atol=1e-4) and ab[0, 1].abs().max() == 0
+
+
+def test_l2_method_output_is_the_ab_of_the_result():
+    """Zhang's l2 head with a constant output (weights 0, bias (20, -30)): every pixel
+    of the result is the input's L with ab = (20, -30), at the input's resolution."""
+    method = build_method("zhang", build_encoder("alexnet_cc", width=0.125), loss="l2").eval()
+    last = [m for m in method.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.zeros_(last.weight)
+    last.bias.data = torch.tensor([20.0, -30.0])
+    colorizer = Colorizer(method, {"encoder": "alexnet_cc"}, "l2", size=64)
+    assert colorizer.decoders == () and colorizer.record_name("mode") == "colorization-l2"
+    image = torch.randint(0, 255, (3, 50, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     result = colorize_image(colorizer, image)
     lightness = to_lab(image[None], "cpu")[:, :1]
-    expected = torch.nn.functional.interpolate(colorizer.model(lightness_norm(lightness, colorizer)).detach(),
-                                               size=(50, 70), mode="bilinear", align_corners=False)
-    assert torch.allclose(colorizer.predict_ab(lightness), expected, atol=1e-5)
-    assert result.rgb.shape == (3, 50, 70) and result.original is not None
+    ab = torch.tensor([20.0, -30.0]).view(1, 2, 1, 1).expand(1, 2, 50, 70)
+    assert torch.allclose(result.rgb, lab_to_rgb(torch.cat([lightness, ab], 1))[0], atol=1e-5)
+    assert result.original is not None and torch.equal(result.original, image.float() / 255)
 
 
-def lightness_norm(lightness: torch.Tensor, colorizer) -> torch.Tensor:
-    from pretext.encoders import normalize_l
-    work = colorizer.working_shape(*lightness.shape[-2:])  # short side 64: 64 x 90
-    assert work == (64, 90)
-    colorizer.model.eval()
-    return normalize_l(torch.nn.functional.interpolate(lightness, size=work, mode="bilinear", align_corners=False,
-                                                       antialias=True))
+def test_mode_decoding_of_a_one_hot_head_is_that_bins_centre():
+    method = build_method("zhang", build_encoder("vgg_cc", width=0.0625), loss="class").eval()
+    last = [m for m in method.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.zeros_(last.weight)
+    last.bias.data = torch.zeros(313)
+    last.bias.data[200] = 40.0  # softmax puts ~all mass on bin 200, even annealed
+    colorizer = Colorizer(method, {"encoder": "vgg_cc"}, "onehot", size=0)
+    lightness = torch.rand(1, 1, 24, 36, generator=torch.Generator().manual_seed(0)) * 100
+    centre = ab_centers()[200].view(1, 2, 1, 1)
+    for decoder in ("mode", "annealed", "mean"):
+        assert torch.allclose(colorizer.predict_ab(lightness, decoder), centre.expand(1, 2, 24, 36), atol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["alexnet_cc", "vgg_cc", "resnet50_cc"])
-def test_every_registered_encoder_with_a_head_colorizes(name, tmp_path):
-    from pretext.encoders import list_encoders
-    assert name in list_encoders()
-    model = build_encoder(name, width=0.0625)
-    save_checkpoint(tmp_path / "c.pt", encoder_checkpoint(model, name, {"width": 0.0625}, loss="class"))
+@pytest.mark.parametrize("name", list_encoders())
+@pytest.mark.parametrize("method_name", list_methods())
+def test_every_registered_encoder_and_method_colorizes(name, method_name, tmp_path, one_thread):
+    torch.manual_seed(0)
+    method = build_method(method_name, build_encoder(name, width=0.0625))
+    save_checkpoint(tmp_path / "c.pt", method_payload(method, name, {"width": 0.0625}, {}))
     colorizer = load_colorizer(tmp_path / "c.pt", size=40)
     image = torch.randint(0, 255, (3, 45, 81), dtype=torch.uint8)
     assert colorize_image(colorizer, image).rgb.shape == (3, 45, 81)
     costs = colorizer.costs("annealed", runs=1)
-    assert costs["params_mb"] == pytest.approx(sum(p.numel() for p in model.parameters()) * 4 / 2**20)
-    assert costs["feature_mb"] > 0 and costs["runtime_ms"] > 0 and costs["working_size"] == 40
+    assert costs["params_mb"] == pytest.approx(sum(p.numel() for p in method.parameters()) * 4 / 2**20)
+    assert costs["working_size"] == 40
+    # activations: at least the trunk's deepest map, and growing with the image area (x4 here;
+    # more for deep maps of small images, whose borders shrink them to a few cells)
+    c = method.trunk.feature_info[method.trunk.taps[-1]]["channels"]
+    h, w = method.trunk.feature_size(40, 40)
+    assert costs["feature_mb"] >= c * h * w * 4 / 2**20
+    colorizer.size = 80
+    assert 3 < colorizer.costs("annealed", runs=1)["feature_mb"] / costs["feature_mb"] < 10
+
+
+def test_runtime_is_the_median_of_network_and_decoding_after_warm_up():
+    method = FixedAB(torch.zeros(1, 2, 1, 1))
+    calls, inner = [], method.predict_ab
+
+    def slow(lightness, decoder="annealed"):  # 20 ms per call, the first warm-up call 500 ms
+        calls.append(decoder)
+        time.sleep(0.5 if len(calls) == 1 else 0.02)
+        return inner(lightness, decoder)
+    method.predict_ab = slow
+    ms = Colorizer(method, {"encoder": "none"}, "fixed", size=16).runtime_ms(torch.zeros(1, 1, 16, 16), "mode", runs=3)
+    assert calls == ["mode"] * 5  # 2 warm-up + 3 timed runs, with the decoder asked for
+    assert 20 <= ms < 200  # the slow warm-up is not counted

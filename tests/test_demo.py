@@ -1,18 +1,21 @@
 """End-to-end smoke run of `colorbench demo` with every step shrunk to seconds."""
 import json
 
+import pytest
+
 from benchmarks.cli import main as cli
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_reuses_them(tmp_path, capsys):
     sets = {
         "data_dir": tmp_path / "data", "runs_dir": tmp_path / "runs", "results_dir": tmp_path / "results",
         "make_data_args": "[--size,48,--num-train,6,--num-val,3,--num-voc,4]",
         "pretrain_overrides": "[iterations=3,batch_size=8,data.num_workers=0,val_images=8,data.val_limit=16,"
                               "prior.max_images=32,ckpt_every=3,encoder_kwargs.width=0.125]",
-        "probe_overrides": "[data.augment=false,cache.enabled=true,optim.iterations=4,supervised.iterations=4,"
-                           "data.num_workers=0,data.batch_size=8,encoder_kwargs.width=0.125]",
-        "eval_overrides": "[--classifier-epochs,1,--timing-runs,1,--prior-images,32]",
+        "probe_overrides": "[data.augment=false,cache.enabled=true,optim.iterations=4,trunk.supervised.iterations=4,"
+                           "data.num_workers=0,batch_size=8,trunk.encoder_kwargs.width=0.125]",
+        "eval_overrides": "[classifier.epochs=1,timing_runs=1,prior.max_images=32]",
     }
     argv = ["demo"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert cli(argv) == 0

@@ -1,6 +1,8 @@
-"""Linear probes (downstream.linear_probe, probe_heads, feature_cache, supervised).
+"""Linear probes (downstream.probe: linear_probe, heads, feeds, feature_cache; the
+supervised baseline; downstream.metrics.topk_correct). Trunks themselves, including
+user-brought timm / torchvision weights: tests/test_trunks.py.
 
-End-to-end runs use the built-in generator (pretext.synthetic) at 48 px, a 1/8-width
+End-to-end runs use the built-in generator (pretext.data.synthetic) at 48 px, a 1/8-width
 AlexNet and a handful of steps: they check plumbing and records, not accuracy.
 """
 import json
@@ -10,13 +12,14 @@ import pytest
 import torch
 
 from benchmarks.cli import main as cli_main
-from benchmarks.probe_plot import main as probe_plot_main
-from downstream.linear_probe import ProbeConfig, main
-from downstream.probe_heads import (POOL_TABLES, ProbeHeads, TrunkChangedError, TrunkGuard, build_pool_specs,
-                                    freeze, topk_correct)
-from pretext.config import load_config
+from downstream.metrics import topk_correct
+from downstream.probe.heads import POOL_TABLES, ProbeHeads, TrunkChangedError, TrunkGuard, build_pool_specs, freeze
+from downstream.probe.linear_probe import ProbeConfig, main
+from downstream.trunks import checkpoint_trunk
 from pretext.encoders import build_encoder, list_encoders
-from pretext.runs import encoder_checkpoint, load_encoder, save_checkpoint
+from pretext.engine.checkpoint import load_checkpoint, save_checkpoint, trunk_checkpoint
+from pretext.engine.config import load_config
+from pretext.methods import build_method, method_payload
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "downstream" / "probe_tiny.yaml"
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from pretext.synthetic import make_dataset
+    from pretext.data.synthetic.generate import make_dataset
 
     root = tmp_path_factory.mktemp("builtin")
     make_dataset(root, size=48, num_train=4, num_val=2, num_voc=0, verbose=False)  # 32 train, 16 val
@@ -37,11 +40,14 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(data_root: Path, tmp_path: Path, *sets: str) -> ProbeConfig:
-    base = [f"data.root={data_root}", "data.crop=40", "data.resize=48", "encoder_kwargs.width=0.125",
-            "data.batch_size=8", "data.num_workers=0", "optim.iterations=4", "optim.milestones=[2]",
-            "baseline.calib_images=16", "supervised.iterations=3", "supervised.milestones=[]",
-            f"out_dir={tmp_path}", f"cache.dir={tmp_path / 'cache'}"]
-    return load_config(ProbeConfig, TINY, base + list(sets))
+    return load_config(ProbeConfig, TINY, tiny_sets(data_root) + [f"out_dir={tmp_path}",
+                                                                 f"cache.dir={tmp_path / 'cache'}", *sets])
+
+
+def tiny_sets(data_root: Path, iterations: int = 4) -> list[str]:
+    return [f"data.root={data_root}", "data.crop=40", "data.resize=48", "trunk.encoder_kwargs.width=0.125",
+            "batch_size=8", "data.num_workers=0", f"optim.iterations={iterations}", "optim.milestones=[2]",
+            "trunk.baseline.calib_images=16", "trunk.supervised.iterations=3", "trunk.supervised.milestones=[]"]
 
 
 def records_of(run_dir: Path) -> list[dict]:
@@ -128,11 +134,8 @@ def test_trunk_guard_fires_on_any_change():
 
 def test_gaussian_probe_end_to_end_via_cli(data_root, tmp_path):
     run_dir = tmp_path / "run"
-    sets = [f"data.root={data_root}", "data.crop=40", "data.resize=48", "encoder_kwargs.width=0.125",
-            "data.batch_size=8", "data.num_workers=0", "optim.iterations=3", "optim.milestones=[2]",
-            "baseline.calib_images=16"]
     argv = ["probe", "--config", str(TINY), "--init", "gaussian", "--run-dir", str(run_dir)]
-    assert cli_main(argv + [x for s in sets for x in ("--set", s)]) == 0
+    assert cli_main(argv + [x for s in tiny_sets(data_root, iterations=3) for x in ("--set", s)]) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     recs = metrics["records"]
     assert {(r["layer"], r["metric"]) for r in recs} == {(t, m) for t in ALEXNET_227 for m in ("top1", "top5")}
@@ -140,58 +143,72 @@ def test_gaussian_probe_end_to_end_via_cli(data_root, tmp_path):
         ("probe", "gaussian", "linear_probe", "builtin", "val", "alexnet_cc")}
     assert all(0 <= r["value"] <= 100 for r in recs)
     assert metrics["trunk_unchanged"] and metrics["iterations"] == 3
+    assert metrics["trunk"]["init"] == "gaussian" and metrics["trunk"]["calib_images"] == 16
     assert (run_dir / "config.yaml").is_file() and (run_dir / "log.jsonl").is_file()
-    # the papers' figure from the records
-    assert probe_plot_main([str(run_dir), "--out", str(tmp_path / "top1.png")]) == 0
-    assert (tmp_path / "top1.png").read_bytes()[:4] == b"\x89PNG"
+    # the papers' per-layer figure from the records (colorbench table draws it)
+    assert cli_main(["table", "--runs", str(run_dir), "--out", str(tmp_path / "tables")]) == 0
+    plots = list((tmp_path / "tables").glob("probe_*.png"))
+    assert plots and plots[0].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_checkpoint_probe_and_cache(data_root, tmp_path):
     torch.manual_seed(0)
-    model = build_encoder("alexnet_cc", width=0.125)
+    method = build_method("zhang", build_encoder("alexnet_cc", width=0.125))
     ckpt = tmp_path / "colorization.pt"
-    save_checkpoint(ckpt, encoder_checkpoint(model, "alexnet_cc", {"width": 0.125}, step=7))
-    cfg = tiny_cfg(data_root, tmp_path, f"checkpoint={ckpt}", "data.augment=false", "cache.enabled=true")
+    save_checkpoint(ckpt, method_payload(method, "alexnet_cc", {"width": 0.125}, {"loss": "full"}, step=7))
+    cfg = tiny_cfg(data_root, tmp_path, f"trunk.checkpoint={ckpt}", "data.augment=false", "cache.enabled=true")
     first = main(cfg, run_dir=tmp_path / "a")
-    assert {r["method"] for r in first["records"]} == {"colorization"}
+    assert {(r["method"], r["encoder"]) for r in first["records"]} == {("colorization", "alexnet_cc")}
+    described = json.loads((tmp_path / "a" / "metrics.json").read_text())["trunk"]
+    assert (described["checkpoint"], described["checkpoint_step"], described["checkpoint_method"]) == (
+        str(ckpt), 7, "zhang")
     cache_dirs = list((tmp_path / "cache").iterdir())
     assert len(cache_dirs) == 1 and (cache_dirs[0] / "train" / "done.json").is_file()
     stamp = {p: p.stat().st_mtime_ns for p in cache_dirs[0].rglob("*.npy")}
-    second = main(tiny_cfg(data_root, tmp_path, f"checkpoint={ckpt}", "data.augment=false", "cache.enabled=true"),
+    second = main(tiny_cfg(data_root, tmp_path, f"trunk.checkpoint={ckpt}", "data.augment=false",
+                           "cache.enabled=true"),
                   run_dir=tmp_path / "b")
     assert {p: p.stat().st_mtime_ns for p in cache_dirs[0].rglob("*.npy")} == stamp  # read, not rebuilt
     assert second["results"] == first["results"]  # same seed, same features -> same probe
     assert "reading train" in (tmp_path / "b" / "log.jsonl").read_text()
     with pytest.raises(ValueError, match="data.augment=false"):
-        main(tiny_cfg(data_root, tmp_path, f"checkpoint={ckpt}", "cache.enabled=true"), run_dir=tmp_path / "c")
+        main(tiny_cfg(data_root, tmp_path, f"trunk.checkpoint={ckpt}", "cache.enabled=true"), run_dir=tmp_path / "c")
 
 
 def test_checkpoint_of_another_encoder_is_a_clear_error(data_root, tmp_path, capsys):
     ckpt = tmp_path / "vgg.pt"
-    save_checkpoint(ckpt, encoder_checkpoint(build_encoder("vgg_cc", width=0.125), "vgg_cc", {"width": 0.125}))
+    save_checkpoint(ckpt, trunk_checkpoint(build_encoder("vgg_cc", width=0.125), "vgg_cc", {"width": 0.125}))
     with pytest.raises(ValueError, match="holds a 'vgg_cc' encoder .* configured for 'alexnet_cc'"):
-        main(tiny_cfg(data_root, tmp_path, f"checkpoint={ckpt}"), run_dir=tmp_path / "r")
+        main(tiny_cfg(data_root, tmp_path, f"trunk.checkpoint={ckpt}"), run_dir=tmp_path / "r")
     argv = ["probe", "--config", str(TINY), "--checkpoint", str(ckpt), "--set", f"data.root={data_root}",
             "--run-dir", str(tmp_path / "r2")]
     assert cli_main(argv) == 2
     assert "holds a 'vgg_cc' encoder" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "metrics.json").exists()
     assert cli_main(["probe", "--config", str(TINY), "--set", "optim.nope=1"]) == 2
     assert "optim.nope" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown taps"):
-        main(tiny_cfg(data_root, tmp_path, "init=gaussian", "taps=[conv9]"), run_dir=tmp_path / "r3")
+        main(tiny_cfg(data_root, tmp_path, "trunk.init=gaussian", "taps=[conv9]"), run_dir=tmp_path / "r3")
+    with pytest.raises(ValueError, match="init=checkpoint needs --checkpoint"):  # before any run directory
+        main(tiny_cfg(data_root, tmp_path), run_dir=tmp_path / "r4")
+    assert not (tmp_path / "r4").exists()
 
 
 def test_kmeans_and_supervised_baselines(data_root, tmp_path):
-    km = main(tiny_cfg(data_root, tmp_path, "init=kmeans", "taps=[conv2,conv5]"), run_dir=tmp_path / "k")
+    km = main(tiny_cfg(data_root, tmp_path, "trunk.init=kmeans", "taps=[conv2,conv5]"), run_dir=tmp_path / "k")
     assert {r["method"] for r in km["records"]} == {"kmeans"} and set(km["results"]) == {"conv2", "conv5"}
-    sup = main(tiny_cfg(data_root, tmp_path, "init=supervised"), run_dir=tmp_path / "s")
+    sup = main(tiny_cfg(data_root, tmp_path, "trunk.init=supervised"), run_dir=tmp_path / "s")
     assert {r["method"] for r in sup["records"]} == {"supervised"}
-    trunk, payload = load_encoder(tmp_path / "s" / "checkpoints" / "supervised_trunk.pt", drop_head=True)
-    assert payload["encoder"] == "alexnet_cc" and payload["step"] == 3 and payload["method"] == "supervised"
-    # the saved trunk can be probed again without retraining
-    again = main(tiny_cfg(data_root, tmp_path, "init=supervised",
-                          f"checkpoint={tmp_path / 's' / 'checkpoints' / 'supervised_trunk.pt'}"), run_dir=tmp_path / "s2")
-    assert "supervised_steps" not in json.loads((tmp_path / "s2" / "metrics.json").read_text())
+    saved = tmp_path / "s" / "checkpoints" / "supervised_trunk.pt"
+    payload = load_checkpoint(saved)
+    assert payload["encoder"] == "alexnet_cc" and payload["step"] == 3 and payload["origin"] == "supervised"
+    assert "method" not in payload  # a trunk-only checkpoint: no pretext method to rebuild
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["trunk"]["supervised_steps"] == 3
+    # the saved trunk loads strictly and can be probed again without retraining
+    assert checkpoint_trunk(saved, "alexnet_cc").describe()["checkpoint_step"] == 3
+    again = main(tiny_cfg(data_root, tmp_path, "trunk.init=supervised", f"trunk.checkpoint={saved}"),
+                 run_dir=tmp_path / "s2")
+    assert "supervised_steps" not in json.loads((tmp_path / "s2" / "metrics.json").read_text())["trunk"]
     assert set(again["results"]) == set(ALEXNET_227)
 
 
@@ -207,8 +224,7 @@ def test_two_process_gloo_probe(data_root, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     run_dir = tmp_path / "ddp"
-    sets = [f"data.root={data_root}", "data.crop=40", "data.resize=48", "encoder_kwargs.width=0.125",
-            "data.batch_size=8", "data.num_workers=0", "optim.iterations=3", "baseline.calib_images=16"]
+    sets = tiny_sets(data_root, iterations=3)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "benchmarks.cli", "probe", "--config", str(TINY), "--init", "gaussian", "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -229,7 +245,7 @@ def test_bad_images_are_skipped_and_counted(data_root, tmp_path):
     good[0].write_bytes(good[0].read_bytes()[:200])    # truncated
     (root / "train" / "disc" / "empty.png").write_bytes(b"")
     (root / "val" / "bar" / "junk.png").write_bytes(b"not an image at all")
-    out = main(tiny_cfg(root, tmp_path, "init=gaussian", "optim.iterations=8"), run_dir=tmp_path / "r")
+    out = main(tiny_cfg(root, tmp_path, "trunk.init=gaussian", "optim.iterations=8"), run_dir=tmp_path / "r")
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["val_images"] == 16 and metrics["iterations"] == 8
     assert metrics["skipped"]["skipped/corrupt"] >= 1 and metrics["skipped"]["skipped/total"] >= 3

@@ -5,9 +5,9 @@ Two ways to get one:
 
 * ``load_classifier``: a torchvision architecture (``vgg16`` as in the paper, ``resnet50``,
   any name ``torchvision.models.get_model`` knows) with weights from a file the user
-  gives, read with ``torch.load(weights_only=True)`` and loaded strictly. Inputs are
-  resized (short side) and centre-cropped to ``input_size`` (224 for ImageNet
-  weights) and normalised with the ImageNet mean / std.
+  gives, read with ``torch.load(weights_only=True)`` and loaded strictly. Inputs get
+  the ImageNet evaluation transform the weights were validated with: short side to
+  ``resize`` (256), centre crop ``input_size`` (224), ImageNet mean / std.
 * ``get_or_train_classifier``: on the built-in data (ImageFolder with ``train`` / ``val``
   class folders) the suite trains its own once, on the *colour* training images, and
   caches it under ``cache_dir`` keyed by a hash of the data (root, file names, the
@@ -67,15 +67,17 @@ class FixedClassifier:
     model: torch.nn.Module
     arch: str
     input_size: int
+    resize: int | None = None  # short side before the centre crop (None: input_size)
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     source: str = ""
 
     def preprocess(self, rgb: torch.Tensor) -> torch.Tensor:
-        """RGB [N,3,H,W] in [0,1] -> short side ``input_size``, centre crop, normalised."""
+        """RGB [N,3,H,W] in [0,1] -> short side ``resize``, centre crop ``input_size``, normalised."""
         h, w = rgb.shape[-2:]
-        s = self.input_size / min(h, w)
-        size = (max(self.input_size, round(h * s)), max(self.input_size, round(w * s)))
+        short = max(self.resize or self.input_size, self.input_size)
+        s = short / min(h, w)
+        size = (max(short, round(h * s)), max(short, round(w * s)))
         x = rgb if (h, w) == size else F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
         top, left = (size[0] - self.input_size) // 2, (size[1] - self.input_size) // 2
         x = x[..., top:top + self.input_size, left:left + self.input_size]
@@ -102,8 +104,9 @@ def _state_dict_of(obj, path: str) -> dict:
 
 
 def load_classifier(path: str | os.PathLike, arch: str, num_classes: int, input_size: int = 224,
-                    device: torch.device | str = "cpu") -> FixedClassifier:
-    """A torchvision ``arch`` with the weights in ``path`` (weights_only=True, strict)."""
+                    device: torch.device | str = "cpu", resize: int | None = 256) -> FixedClassifier:
+    """A torchvision ``arch`` with the weights in ``path`` (weights_only=True, strict),
+    fed as its ImageNet evaluation: short side ``resize`` (256), centre crop ``input_size`` (224)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -116,7 +119,7 @@ def load_classifier(path: str | os.PathLike, arch: str, num_classes: int, input_
     except RuntimeError as exc:
         raise ValueError(f"{path} does not fit a {arch} with {num_classes} classes: "
                          f"{str(exc).splitlines()[0]} ...") from None
-    return FixedClassifier(model.to(device).eval(), arch, input_size, source=str(path))
+    return FixedClassifier(model.to(device).eval(), arch, input_size, resize, source=str(path))
 
 
 # ----------------------------------------------------------------------------- built-in classifier
@@ -228,7 +231,8 @@ def resolve_classifier(source, data: DataConfig, cfg: ClassifierConfig, device, 
         classes = cfg.num_classes or (len(source.classes) if source.classes else None)
         if not classes:
             raise ValueError("classifier.num_classes is needed for a source without class folders")
-        return load_classifier(cfg.weights, cfg.arch, classes, cfg.input_size or 224, device)
+        return load_classifier(cfg.weights, cfg.arch, classes, cfg.input_size or 224, device,
+                               resize=cfg.resize if cfg.resize is not None else 256)
     if data.kind != "imagefolder" or not data.train_split:
         log("classifier top-1: skipped (the built-in classifier needs an imagefolder with a train split; "
             "set classifier.weights)")

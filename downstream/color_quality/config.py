@@ -6,9 +6,9 @@
 What is scored comes from ``data``: the evaluated images are its *val* split
 (``val_split`` / ``val_list`` / ``val_limit``); its *train* split feeds the random
 baseline's colours, the prior when no checkpoint carries one, and the built-in
-classifier. ``data.crop`` / ``data.resize`` are the geometry the prior is counted at
-(as ``colorbench pretrain`` counts it, so both find the same cached prior); the
-evaluated images keep their native size unless ``image_crop`` is set.
+classifier. ``data.crop`` / ``data.resize`` are the centre crops a prior is counted on
+when no checkpoint carries one; the evaluated images keep their native size unless
+``image_crop`` is set.
 """
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ class ClassifierConfig:
     # input side: null = 224 for given weights (ImageNet), 32 for the built-in classifier
     # (the 64 px built-in images halved: 4x cheaper to train)
     input_size: Optional[int] = None
+    # given weights: short side before the centre crop (null = 256: torchvision's ImageNet
+    # evaluation, resize 256 then crop 224, as the weights were validated)
+    resize: Optional[int] = None
     epochs: int = 6  # built-in classifier: 87% val top-1 on true colours, 20% on gray (built-in data)
     cache_dir: str = "runs/cache"  # where the built-in classifier is cached
 

@@ -34,6 +34,7 @@ Unreadable files are skipped and counted. The run directory gets ``metrics.json`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -49,6 +50,10 @@ from pretext.data.loader import SkipCounter, make_loader, val_transform
 from pretext.data.sources import source_for
 from pretext.engine.config import add_config_arguments, config_from_args, git_revision
 from pretext.engine.runs import RunDir
+
+# a prior counted here (no checkpoint carries one) samples ab every 4 pixels of the centre
+# crops: the ECCV16 colorizer's output stride, dense enough for a stable histogram
+PRIOR_STRIDE = 4
 
 
 def get_dataset(cfg: EvalColorConfig):
@@ -67,15 +72,17 @@ def random_pool(cfg: EvalColorConfig, eval_source):
 
 def resolve_prior(cfg: EvalColorConfig, colorizers: list[Colorizer], device, say) -> tuple[torch.Tensor, str]:
     """prior.path, else the first checkpoint's training prior, else counted over the
-    training split (cached under prior.cache_dir; the same key as pretraining's)."""
-    from pretext.color.prior import shared_prior
+    training split's centre crops (data.crop / data.resize), cached under prior.cache_dir."""
+    from pretext.color.prior import get_or_compute_prior
 
     if not cfg.prior.path:
         for c in colorizers:
-            prior = getattr(c.method, "prior", None)
+            prior = getattr(c.method, "prior", None)  # Zhang's training prior (a buffer)
             if isinstance(prior, torch.Tensor):
                 return prior.float().cpu(), f"{c.path} (training prior)"
-    return shared_prior(cfg, device, say)
+    grid = (math.ceil(cfg.data.crop / PRIOR_STRIDE),) * 2  # ab point-sampled every PRIOR_STRIDE pixels
+    return get_or_compute_prior(cfg.data, cfg.prior, device, grid, "point", num_workers=cfg.data.num_workers,
+                                log=say)
 
 
 def load_rows(cfg: EvalColorConfig, source, device, say) -> tuple[list[Row], torch.Tensor, str]:
@@ -85,8 +92,12 @@ def load_rows(cfg: EvalColorConfig, source, device, say) -> tuple[list[Row], tor
         raise ValueError("decoders is empty but a checkpoint predicts a distribution over colours")
     prior, prior_source = resolve_prior(cfg, colorizers, device, say)
     say(f"rebalancing / prior_mean prior: {prior_source}")
-    randoms = (RandomColours(*random_pool(cfg, source), seed=cfg.seed, device=device)
-               if "random" in cfg.baselines else None)
+    randoms = None
+    if "random" in cfg.baselines:
+        pool, same_source = random_pool(cfg, source)
+        if same_source:
+            say("random baseline: the data has no readable training split; colours come from the other evaluated images")
+        randoms = RandomColours(pool, same_source, device, cfg.seed)
     rows = baseline_rows(cfg.baselines, prior, randoms) + model_rows(colorizers, cfg.decoders)
     name_uniquely(rows)
     return rows, lam0_weights(prior), prior_source

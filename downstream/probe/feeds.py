@@ -1,6 +1,6 @@
 """How pooled features reach the probe heads: streamed from the images, one trunk pass
 per batch (``StreamFeed``), or read from the on-disk feature cache (``CachedFeed``,
-no-augmentation mode; ``downstream.feature_cache``). A feed's ``epoch(e)`` yields
+no-augmentation mode; ``downstream.probe.feature_cache``). A feed's ``epoch(e)`` yields
 ``({tap: [N, C, h', w']}, labels [N])`` on the device; nothing is kept between batches.
 """
 from __future__ import annotations
@@ -9,43 +9,28 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data.distributed import DistributedSampler
 
 from downstream.probe.feature_cache import FeatureCache, state_fingerprint
 from downstream.probe.heads import ProbeHeads
-from pretext.engine import dist as dist_utils
-from pretext.encoders import normalize_l
-from pretext.color.targets import to_lab
+from downstream.supervised import train_loader
 from pretext.data.loader import SkipCounter, make_loader
+from pretext.engine import dist as dist_utils
 
 
 def loader_for(src, cfg, train: bool, world: int, rank: int):
     """Per-rank loader: shuffled, full batches for training; an exact split for evaluation."""
-    per_rank = cfg.data.batch_size // world
-    if not train:  # no padding: every image is counted once over the ranks
-        return make_loader(src, per_rank, num_workers=cfg.data.num_workers, sampler=range(rank, len(src), world))
-    if world > 1:
-        sampler = DistributedSampler(src, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        return make_loader(src, per_rank, num_workers=cfg.data.num_workers, sampler=sampler, drop_last=True)
-    return make_loader(src, per_rank, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.seed, drop_last=True)
-
-
-def batch_usable(n: int, device: torch.device, minimum: int = 2) -> bool:
-    """Whether every rank's batch has at least ``minimum`` images (BatchNorm cannot train
-    on one). Under DDP all ranks must agree, or the one that steps waits forever for the
-    one that skipped: the smallest batch over the ranks decides."""
-    if dist_utils.world_size() == 1:
-        return n >= minimum
-    t = torch.tensor([n], device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-    return int(t.item()) >= minimum
+    if train:
+        return train_loader(src, cfg.batch_size, cfg.data.num_workers, cfg.seed)
+    # no padding: every image is counted once over the ranks
+    return make_loader(src, cfg.batch_size // world, num_workers=cfg.data.num_workers,
+                       sampler=range(rank, len(src), world))
 
 
 def featurize(trunk: nn.Module, heads: ProbeHeads, images: torch.Tensor, device: torch.device) -> dict:
-    """uint8 RGB [N, 3, H, W] -> pooled taps {tap: [N, C, h', w']}, without gradients."""
+    """uint8 RGB [N, 3, H, W] -> pooled taps {tap: [N, C, h', w']}, without gradients.
+    The trunk gets the input it declares (``Trunk.prepare``: L or RGB)."""
     with torch.no_grad():
-        x = normalize_l(to_lab(images, device)[:, :1])         # [N, 1, H, W]
-        return heads.pool(trunk.forward_features(x, heads.taps))
+        return heads.pool(trunk.forward_features(trunk.prepare(images, device), heads.taps))
 
 
 class StreamFeed:
@@ -90,7 +75,8 @@ def make_feeds(cfg, trunk, heads, train_src, val_src, device, skips, say):
     if not cfg.cache.enabled:
         return StreamFeed(train_loader, trunk, heads, device, skips), StreamFeed(val_loader, trunk, heads, device, skips)
     d = cfg.data
-    key = {"trunk": state_fingerprint(trunk), "taps": heads.taps, "crop": d.crop, "resize": d.resize,
+    key = {"trunk": state_fingerprint(trunk), "input": trunk.input_kind, "taps": heads.taps, "crop": d.crop,
+           "resize": d.resize,
            "pools": {t: [s.kind, s.in_shape, s.out_shape, s.kernel, s.stride, s.padding] for t, s in heads.specs.items()},
            "data": {"kind": d.kind, "root": str(Path(d.root).resolve()), "train": [d.train_split, d.train_list, d.train_limit],
                     "val": [d.val_split, d.val_list, d.val_limit]}}
@@ -100,12 +86,13 @@ def make_feeds(cfg, trunk, heads, train_src, val_src, device, skips, say):
     for split, src in (("train", train_src), ("val", val_src)):
         if not cache.has(split):
             say(f"feature cache: writing {split} ({len(src)} images) to {cache.dir}")
-            loader = make_loader(src, d.batch_size // world, num_workers=d.num_workers, sampler=range(rank, len(src), world))
+            loader = make_loader(src, cfg.batch_size // world, num_workers=d.num_workers,
+                                 sampler=range(rank, len(src), world))
             cache.build(split, _counted(loader, skips), lambda im: featurize(trunk, heads, im, device), dims, len(src))
         else:
             say(f"feature cache: reading {split} from {cache.dir}")
         reader = cache.reader(split, {t: s.out_shape for t, s in heads.specs.items()})
-        feeds.append(CachedFeed(reader, d.batch_size // world, device, split == "train", cfg.seed))
+        feeds.append(CachedFeed(reader, cfg.batch_size // world, device, split == "train", cfg.seed))
     return feeds[0], feeds[1]
 
 

@@ -1,4 +1,4 @@
-"""Linear-probe heads on frozen taps: the pooling table, the heads, top-k, the trunk guard.
+"""Linear-probe heads on frozen taps: the pooling table, the heads, the trunk guard.
 
 Pooling (DESIGN §4). Each tap is average-pooled to about 9,000 dims, then BatchNorm
 without affine, then a Linear layer. The published pools live in ``POOL_TABLES``, one
@@ -11,6 +11,9 @@ expects and (kernel, stride, padding) of ``nn.AvgPool2d``:
                        res3 28 -> k13 s5 -> 512x4x4 = 8192, res4 14 -> k8 s3 -> 1024x3x3 = 9216,
                        res5 7 -> k6 s1 -> 2048x2x2 = 8192
 
+A trunk names its table with ``pool_table`` (``downstream.trunks``: a colorbench
+encoder's own name; a user's timm / torchvision ResNet-50 takes the ResNet-50 table, as
+Goyal et al. 2019 did for RGB ResNet-50s), else its ``encoder_name`` is looked up.
 The table is checked against the encoder's real shapes (``feature_info`` channels and
 ``feature_size``) when the pools are built, and every batch's tap shapes are checked in
 ``ProbeHeads.pool``. A ``width`` multiplier keeps the spatial pools (the dims scale with
@@ -74,7 +77,7 @@ def _pooled_side(n: int, k: int, s: int, p: int) -> int:
 
 def _table_specs(model: nn.Module, taps: list[str], side: int) -> tuple[dict[str, PoolSpec] | None, str]:
     """The table's pools, or (None, why not)."""
-    name = getattr(model, "encoder_name", type(model).__name__)
+    name = getattr(model, "pool_table", None) or getattr(model, "encoder_name", type(model).__name__)
     table = POOL_TABLES.get(name)
     if table is None:
         return None, f"no pooling table for encoder {name!r} (tables: {sorted(POOL_TABLES)})"
@@ -157,15 +160,6 @@ class ProbeHeads(nn.Module):
     def forward(self, pooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{tap: [N, C, h', w']} -> {tap: logits [N, num_classes]}."""
         return {tap: self.heads[tap](pooled[tap]) for tap in self.specs}
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
-    """Number of samples whose label is among the top-k logits, for each k: long [len(ks)].
-    ``k`` larger than the number of classes counts every sample as correct."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices                 # [N, kmax]
-    hit = top.eq(labels[:, None])                          # [N, kmax]
-    return torch.stack([hit[:, :min(k, kmax)].any(1).sum() for k in ks])
 
 
 class TrunkChangedError(RuntimeError):

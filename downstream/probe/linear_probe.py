@@ -2,24 +2,26 @@
 
     colorbench probe --config configs/downstream/probe_tiny.yaml --checkpoint runs/tiny/checkpoints/last.pt
     colorbench probe --config configs/downstream/probe_tiny.yaml --init gaussian   # or kmeans, supervised
-    colorbench probe --config configs/downstream/probe_imagenet_alexnet.yaml --checkpoint C \\
-        --set data.root=/data/imagenet
+    colorbench probe --config configs/downstream/probe_imagenet_resnet50.yaml --init timm:resnet50 \\
+        --weights moco_v2_800ep.pth.tar --key-prefix module.encoder_q. --set data.root=/data/imagenet
     torchrun --nproc_per_node 8 -m benchmarks.cli probe --config ... --checkpoint C
 
 Protocol: the trunk is frozen in eval mode (BN statistics are weights too) and checked
 unchanged after training (``TrunkChangedError`` otherwise). One trunk pass feeds every
-tap's head: pool to ~9k dims (``downstream.probe_heads``: the published table for
+tap's head: pool to ~9k dims (``downstream.probe.heads``: the published table for
 AlexNet@227 / ResNet-50@224, an adaptive pool elsewhere), BatchNorm without affine,
 Linear. SGD (Nesterov) lr 0.01, momentum 0.9, wd 5e-4, lr x0.1 at ``optim.milestones``;
 random crop + flip for training, centre crop for validation; top-1 and top-5 per tap.
 Images stream from disk; ``cache.enabled`` (no-augmentation mode only) stores pooled
-features on disk for repeated runs (``downstream.feature_cache``).
+features on disk for repeated runs (``downstream.probe.feature_cache``).
 
-Trunks (``init``): ``checkpoint`` (a colorbench encoder checkpoint; its encoder must be
-the config's), ``gaussian`` (N(0, 0.01^2) filters, BN statistics from data),
-``kmeans`` (Krähenbühl et al., ``pretext.kmeans_init``), ``supervised`` (trained on the
-labels first, ``downstream.supervised``). Records: suite "probe", protocol
-"linear_probe", split "val", one row per tap and metric (top1 / top5, percent).
+The trunk (``trunk:`` section, ``--init`` / ``--checkpoint`` / ``--weights`` /
+``--key-prefix``) comes from ``downstream.trunks``: a colorbench checkpoint, the
+``gaussian`` / ``kmeans`` / ``supervised`` baselines, or a user's ``timm:ARCH`` /
+``torchvision:ARCH`` encoder with its weights file (fed RGB instead of L). Records:
+suite "probe", protocol "linear_probe", split "val", one row per tap and metric
+(top1 / top5, percent); ``encoder`` is the trunk's architecture and ``metrics.json``
+holds ``trunk`` (``Trunk.describe()``: init, checkpoint or weights file and its sha256).
 """
 from __future__ import annotations
 
@@ -28,52 +30,35 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from downstream.probe.feeds import batch_usable, loader_for, make_feeds
-from downstream.probe.heads import ProbeHeads, TrunkChangedError, TrunkGuard, build_pool_specs, freeze, topk_correct
-from downstream.supervised import SupervisedConfig, save_trunk, train_supervised
+from downstream.metrics import topk_correct
+from downstream.probe.feeds import make_feeds
+from downstream.probe.heads import ProbeHeads, TrunkChangedError, TrunkGuard, build_pool_specs, freeze
+from downstream.supervised import batch_usable
+from downstream.trunks import (TrunkConfig, add_trunk_arguments, build_trunk, check_trunk_config, default_method,
+                               trunk_overrides)
+from pretext.data.loader import SkipCounter, train_transform, val_transform
+from pretext.data.sources import DataConfig, source_for
 from pretext.engine import dist as dist_utils
-from pretext.engine.config import ConfigError, git_revision, load_config, to_dict, to_yaml
-from pretext.encoders import build_encoder
-from pretext.encoders.init import calibration_batches, gaussian_init_, kmeans_init_
-from pretext.engine.checkpoint import load_encoder
+from pretext.engine.config import add_config_arguments, config_from_args, git_revision, to_yaml
 from pretext.engine.runs import RunDir
-from downstream.color_quality.classifier import train_transform
-from pretext.data.sources import build_source
-from pretext.data.loader import SkipCounter, make_loader, val_transform
-
-INITS = ("checkpoint", "gaussian", "kmeans", "supervised")
-DEFAULT_METHOD = {"checkpoint": "colorization", "gaussian": "gaussian", "kmeans": "kmeans", "supervised": "supervised"}
 
 
-@dataclass
-class ProbeData:
-    name: str = "imagenet"  # the dataset name in the run records
-    kind: str = "imagefolder"  # imagefolder | filelist (labelled kinds)
-    root: str = "data/imagenet"
-    train_split: Optional[str] = "train"
-    val_split: Optional[str] = "val"
-    train_list: Optional[str] = None  # filelist kind: list files ("path label" lines)
-    val_list: Optional[str] = None
-    train_limit: Optional[int] = None
-    val_limit: Optional[int] = None
-    crop: int = 227  # AlexNet's input; the pooling table is for 227 (ResNet-50: 224)
-    resize: Optional[int] = 256  # short side before cropping, as the protocol's 256-px images
-    augment: bool = True  # random crop + flip (protocol); false = centre crop (feature cache mode)
-    num_classes: int = 0  # 0 = the training split's class folders
-    batch_size: int = 256  # global batch (all ranks), as VISSL's linear evaluation
-    num_workers: int = 8
+def protocol_data() -> DataConfig:
+    """The probe protocol's data defaults: ImageNet class folders, 256-px short side, 227 crops."""
+    return DataConfig(name="imagenet", root="data/imagenet", crop=227,  # AlexNet's input (ResNet-50: 224)
+                      resize=256,  # short side before cropping, as the protocol's 256-px images
+                      num_workers=8)
 
 
 @dataclass
 class PoolConfig:
-    mode: str = "auto"  # auto | table | adaptive (downstream.probe_heads)
+    mode: str = "auto"  # auto | table | adaptive (downstream.probe.heads)
     target_dim: int = 9000  # adaptive pools aim at the protocol's ~9k dims per tap
 
 
@@ -96,47 +81,31 @@ class CacheConfig:
 
 
 @dataclass
-class BaselineInit:
-    gaussian_std: float = 0.01  # Caffe's gaussian filler, as the papers' random baseline
-    bn_from_data: bool = True  # gaussian: BN running stats from data (else identity: deep taps shrink)
-    calib_images: int = 256  # images for k-means patches and BN statistics
-    kmeans_max_patches: int = 20000  # per conv layer (magic_init: 10 per filter)
-
-
-@dataclass
 class ProbeConfig:
     name: str = "probe"
     out_dir: str = "runs"
-    method: str = ""  # label in the records; default: colorization (checkpoint) or the init name
-    init: str = "checkpoint"  # checkpoint | gaussian | kmeans | supervised
-    checkpoint: str = ""
-    encoder: str = "alexnet_cc"  # built for gaussian / kmeans / supervised; a checkpoint must match it
-    encoder_kwargs: dict = field(default_factory=dict)
-    taps: list[str] = field(default_factory=list)  # empty = every tap of the encoder
+    method: str = ""  # label in the records; default: colorization (checkpoint), the init name, or ARCH
+    taps: list[str] = field(default_factory=list)  # empty = every tap of the trunk
+    batch_size: int = 256  # global batch (all ranks), as VISSL's linear evaluation
+    num_classes: int = 0  # 0 = the training split's class folders
     seed: int = 0
     device: str = "auto"
     log_every: int = 50
     eval_every: int = 0  # 0 = validate once, at the end
-    data: ProbeData = field(default_factory=ProbeData)
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    data: DataConfig = field(default_factory=protocol_data)  # augment false: centre crops (feature cache mode)
     pool: PoolConfig = field(default_factory=PoolConfig)
     optim: ProbeOptim = field(default_factory=ProbeOptim)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    baseline: BaselineInit = field(default_factory=BaselineInit)
-    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
 
 
 def check_config(cfg: ProbeConfig, world: int) -> None:
-    if cfg.init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {cfg.init!r}")
-    if cfg.init == "checkpoint" and not cfg.checkpoint:
-        raise ValueError("init=checkpoint needs --checkpoint (or --init gaussian / kmeans / supervised)")
-    if cfg.init in ("gaussian", "kmeans") and cfg.checkpoint:
-        raise ValueError(f"init={cfg.init} builds a fresh trunk: drop --checkpoint")
+    check_trunk_config(cfg.trunk)  # before any run directory exists
     if cfg.cache.enabled and cfg.data.augment:
         raise ValueError("cache.enabled stores one centre-crop view per image: set data.augment=false "
                          "(random crops + flips always stream from the images)")
-    if cfg.data.batch_size % world:
-        raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by {world} ranks")
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
 
 
 # ---------------------------------------------------------------------------- data
@@ -145,81 +114,18 @@ def get_dataset(cfg: ProbeConfig):
     """(train, val) labelled sources; train augmented unless ``data.augment`` is false."""
     d = cfg.data
     train_tf = train_transform(d.crop, d.resize) if d.augment else val_transform(d.crop, d.resize)
-    train = build_source(d.kind, d.root, d.train_split, transform=train_tf, list_file=d.train_list, limit=d.train_limit)
-    val = build_source(d.kind, d.root, d.val_split, transform=val_transform(d.crop, d.resize),
-                       list_file=d.val_list, limit=d.val_limit)
+    train = source_for(d, "train", transform=train_tf)
+    val = source_for(d, "val", transform=val_transform(d.crop, d.resize))
     for src in (train, val):
         if (src.labels < 0).any():
             raise ValueError(f"{src.name}: a probe needs labelled images (imagefolder, or 'path label' lists)")
     if train.classes is not None and val.classes is not None and train.classes != val.classes:
         raise ValueError(f"train and val class folders differ ({len(train.classes)} vs {len(val.classes)}): "
                          "labels would not line up")
-    num_classes = d.num_classes or (len(train.classes) if train.classes else int(train.labels.max()) + 1)
+    num_classes = cfg.num_classes or (len(train.classes) if train.classes else int(train.labels.max()) + 1)
     if max(train.labels.max(), val.labels.max()) >= num_classes:
-        raise ValueError(f"labels exceed data.num_classes={num_classes}")
+        raise ValueError(f"labels exceed num_classes={num_classes}")
     return train, val, num_classes
-
-
-# ---------------------------------------------------------------------------- trunk
-
-def load_trunk(path: str, expected: str):
-    """Trunk of a colorbench checkpoint; a checkpoint of another encoder is a clear error."""
-    model, payload = load_encoder(path, drop_head=True)
-    if payload["encoder"] != expected:
-        raise ValueError(f"checkpoint {path} holds a {payload['encoder']!r} encoder "
-                         f"({payload.get('encoder_kwargs', {})}) but this probe is configured for {expected!r}: "
-                         f"use the {payload['encoder']} probe config or --set encoder={payload['encoder']}")
-    return model, payload
-
-
-def build_trunk(cfg: ProbeConfig, num_classes: int, device: torch.device, run: RunDir, say):
-    """(trunk on ``device`` without its colour head, encoder name, kwargs, provenance)."""
-    if cfg.checkpoint:
-        trunk, payload = load_trunk(cfg.checkpoint, cfg.encoder)
-        name, kwargs = payload["encoder"], dict(payload.get("encoder_kwargs", {}))
-        info = {"checkpoint": str(cfg.checkpoint), "checkpoint_step": payload.get("step")}
-    else:
-        name, kwargs = cfg.encoder, dict(cfg.encoder_kwargs)
-        trunk, info = build_encoder(name, **kwargs), {}
-    trunk.head = nn.Identity()  # the probe never runs the colour head
-    trunk.to(device)
-    if cfg.init in ("gaussian", "kmeans") or (cfg.init == "supervised" and not cfg.checkpoint):
-        info.update(_init_fresh(cfg, trunk, num_classes, device, run, name, kwargs, say))
-    _broadcast(trunk)
-    return trunk, name, kwargs, info
-
-
-def _init_fresh(cfg, trunk, num_classes, device, run, name, kwargs, say) -> dict:
-    b, d = cfg.baseline, cfg.data
-    if cfg.init == "supervised":  # always random crops + flips, whatever the probe itself uses
-        src = build_source(d.kind, d.root, d.train_split, transform=train_transform(d.crop, d.resize),
-                           list_file=d.train_list, limit=d.train_limit)
-        world, rank = dist_utils.world_size(), dist_utils.rank()
-        steps = train_supervised(trunk, loader_for(src, cfg, True, world, rank), num_classes,
-                                 cfg.supervised, device, log=run.log)
-        path = run.checkpoint_dir / "supervised_trunk.pt"
-        if dist_utils.is_main():
-            save_trunk(path, trunk, name, kwargs, steps, to_dict(cfg))
-        say(f"supervised pretraining: {steps} steps; trunk saved to {path}")
-        return {"supervised_steps": steps, "supervised_checkpoint": str(path)}
-    calib_src = build_source(d.kind, d.root, d.train_split, list_file=d.train_list,
-                             transform=val_transform(d.crop, d.resize), limit=d.train_limit)
-    loader = make_loader(calib_src, min(d.batch_size, b.calib_images), shuffle=True, seed=cfg.seed)
-    batches = calibration_batches(loader, device, b.calib_images)
-    if cfg.init == "kmeans":
-        kmeans_init_(trunk, batches, include_head=False, max_patches=b.kmeans_max_patches, seed=cfg.seed)
-        say(f"k-means init (Krähenbühl et al.) on {sum(len(x) for x in batches)} images")
-    else:
-        gaussian_init_(trunk, b.gaussian_std, batches if b.bn_from_data else None, seed=cfg.seed)
-        say(f"Gaussian init, std {b.gaussian_std}, BN statistics {'from data' if b.bn_from_data else 'identity'}")
-    return {"calib_images": sum(len(x) for x in batches)}
-
-
-def _broadcast(module: nn.Module) -> None:
-    """Rank 0's weights everywhere (data-dependent inits may differ by rounding across ranks)."""
-    if dist_utils.world_size() > 1:
-        for t in module.state_dict().values():
-            torch.distributed.broadcast(t, 0)
 
 
 # ---------------------------------------------------------------------------- train / evaluate
@@ -298,7 +204,7 @@ def fit(net, heads, train_feed, val_feed, cfg: ProbeConfig, device, run: RunDir)
             step = train_one_epoch(net, train_feed, optimizer, scheduler, epoch, step, cfg, bar, run,
                                    lambda: evaluate(heads, val_feed, device)[0])
             if step == before:
-                raise ValueError("probe: an epoch gave no training batch (fewer usable images than data.batch_size?)")
+                raise ValueError("probe: an epoch gave no training batch (fewer usable images than batch_size?)")
             epoch += 1
     return step
 
@@ -311,19 +217,17 @@ def main(cfg: ProbeConfig, argv: list[str] | None = None, run_dir: str | Path | 
     _, world, _ = dist_utils.init_distributed(device.type)
     device = dist_utils.pick_device(cfg.device)  # the local rank's GPU once LOCAL_RANK is known
     check_config(cfg, world)
-    method = cfg.method or DEFAULT_METHOD[cfg.init]
+    method = cfg.method or default_method(cfg.trunk)
     train_src, val_src, num_classes = get_dataset(cfg)  # a wrong data root fails before any run dir exists
     run = RunDir(run_dir or Path(cfg.out_dir) / f"{cfg.name}-{method}", enabled=dist_utils.is_main())
     run.write_config(cfg, argv)
-
-    def say(msg: str) -> None:
-        if dist_utils.is_main():
-            tqdm.write(msg)
-            run.log("message", text=msg)
+    say = run.say
     say(f"colorbench probe: run {run.path} | git {git_revision()} | {world} rank(s) on {device} | argv {argv}")
     say(to_yaml(cfg).rstrip())
     torch.manual_seed(cfg.seed + dist_utils.rank())
-    trunk, encoder, kwargs, info = build_trunk(cfg, num_classes, device, run, say)
+    trunk = build_trunk(cfg.trunk, cfg.data, device, run, num_classes, say, seed=cfg.seed, batch_size=cfg.batch_size)
+    described = trunk.describe()
+    run.log("trunk", **described)
     freeze(trunk)
     guard = TrunkGuard(trunk)
     taps = list(cfg.taps) or trunk.taps
@@ -337,12 +241,12 @@ def main(cfg: ProbeConfig, argv: list[str] | None = None, run_dir: str | Path | 
     seconds = time.perf_counter() - start
     results, val_images = evaluate(heads, val_feed, device)
     guard.check()  # raises TrunkChangedError if the frozen trunk moved
-    extra = {"init": cfg.init, "encoder_kwargs": kwargs, "num_classes": num_classes, "iterations": steps,
+    extra = {"trunk": described, "num_classes": num_classes, "iterations": steps,
              "val_images": val_images, "train_seconds": round(seconds, 2), "trunk_unchanged": True,
-             "skipped": skips.all_reduce(device), **info,
+             "skipped": skips.all_reduce(),
              "pools": {t: {"kind": s.kind, "in": list(s.in_shape), "out": list(s.out_shape), "dim": s.dim}
                        for t, s in heads.specs.items()}}
-    records = write_records(run, cfg, method, encoder, results, extra)
+    records = write_records(run, cfg, method, described["architecture"], results, extra)
     say("top-1 / top-5 per tap: " + ", ".join(f"{t} {r['top1']:.1f} / {r['top5']:.1f}" for t, r in results.items()))
     return {"results": results, "records": records, "run_dir": run.path}
 
@@ -358,7 +262,7 @@ def build_heads(trunk, taps: list[str], cfg: ProbeConfig, num_classes: int, devi
 
 def write_records(run: RunDir, cfg: ProbeConfig, method: str, encoder: str, results: dict, extra: dict) -> list[dict]:
     """One flat record per tap and metric (DESIGN §2), values in percent."""
-    base = dict(suite="probe", method=method, encoder=encoder, protocol="linear_probe", dataset=cfg.data.name,
+    base = dict(suite="probe", method=method, encoder=encoder, protocol="linear_probe", dataset=cfg.data.dataset_name,
                 split="val")
     records = [dict(base, layer=tap, metric=m, value=round(v, 4)) for tap, r in results.items() for m, v in r.items()]
     run.write_records(records, extra=extra)
@@ -366,34 +270,19 @@ def write_records(run: RunDir, cfg: ProbeConfig, method: str, encoder: str, resu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True,
-                        help="YAML recipe: configs/downstream/probe_tiny.yaml (built-in data, CPU minutes), "
-                             "probe_imagenet_alexnet.yaml / probe_imagenet_resnet50.yaml (the full protocol)")
-    parser.add_argument("--checkpoint", help="colorbench encoder checkpoint to probe (e.g. a pretext run's "
-                                             "checkpoints/last.pt); its encoder must match the config's")
-    parser.add_argument("--init", choices=INITS,
-                        help="trunk: checkpoint (default), or a baseline built here: gaussian, kmeans, supervised")
+    add_config_arguments(parser, "configs/downstream/probe_tiny.yaml (built-in data, CPU minutes), "
+                                 "probe_imagenet_alexnet.yaml / probe_imagenet_resnet50.yaml (the full protocol)")
+    add_trunk_arguments(parser)
     parser.add_argument("--method", help="label in the run records (default: colorization for a checkpoint, "
-                                         "else the init's name)")
+                                         "the baseline's name, or ARCH for timm:ARCH / torchvision:ARCH)")
     parser.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME-METHOD)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (repeatable), e.g. --set optim.iterations=200")
 
 
 def run(args: argparse.Namespace) -> int:
+    """The ``colorbench probe`` command; user errors (ValueError ...) go to the CLI's one-line report."""
     try:
-        cfg = load_config(ProbeConfig, args.config, args.overrides)
-        if args.checkpoint:  # set after parsing: paths are not YAML values
-            cfg.checkpoint = args.checkpoint
-        if args.init:
-            cfg.init = args.init
-        if args.method:
-            cfg.method = args.method
-        main(cfg, sys.argv, args.run_dir)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"colorbench probe: {exc}", file=sys.stderr)
-        return 2
-    except TrunkChangedError as exc:
+        main(config_from_args(ProbeConfig, args, method=args.method, **trunk_overrides(args)), sys.argv, args.run_dir)
+    except TrunkChangedError as exc:  # not a user error: the run itself went wrong
         print(f"colorbench probe: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -101,6 +101,8 @@ def upgrade_v1(payload: dict) -> dict:
         if "prior" in payload:
             state["prior"] = payload["prior"]
         out.update(method="zhang", method_kwargs={"loss": loss}, method_state=state)
+    elif "method" in out:  # a bare trunk (e.g. the supervised ceiling) named how it was made
+        out["origin"] = out.pop("method")
     return out
 
 

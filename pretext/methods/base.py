@@ -93,6 +93,12 @@ class ValidationOutput:
 
 class Method(nn.Module):
     method_name = "?"  # set by register_method
+    decoders: tuple[str, ...] = ()  # predict_ab's decoder names; () = one deterministic output
+
+    @property
+    def record_name(self) -> str:
+        """The ``method`` field of this method's run records."""
+        return self.method_name
 
     def __init__(self, trunk: nn.Module):
         super().__init__()

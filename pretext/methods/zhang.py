@@ -82,6 +82,14 @@ class Zhang(Method):
         self.register_buffer("prior", torch.full((NUM_BINS,), 1.0 / NUM_BINS))
         self.register_buffer("class_weights", torch.ones(NUM_BINS))
 
+    @property
+    def decoders(self) -> tuple[str, ...]:
+        return () if self.loss_name == "l2" else DECODERS  # l2 regresses ab: nothing to decode
+
+    @property
+    def record_name(self) -> str:
+        return f"colorization-{self.loss_name}"  # the paper's rows: full / class / l2
+
     # -- set-up ------------------------------------------------------------------------
     def setup(self, ctx: StepContext) -> None:
         from pretext.color.prior import shared_prior
