@@ -58,7 +58,7 @@ def training_rate(cfg: PretrainConfig, steps: int) -> float:
     opts = {k: torch.optim.Adam(v, lr=cfg.optim.lr_values[0], betas=tuple(cfg.optim.betas))
             for k, v in method.optimizer_groups().items()}
     ctx = StepContext(CPU)
-    return _timed(cfg, steps, lambda x: method.training_step([x], method, opts, ctx))
+    return _timed(cfg, steps, lambda x: method.training_step([{"image": x}], method, opts, ctx))
 
 
 def main(argv: list[str] | None = None) -> int:

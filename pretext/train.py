@@ -216,8 +216,7 @@ class Trainer:
         for batch in micro_batches:
             self.skipped.update(batch)
         self.ctx.step = self.step
-        stats = self.method.training_step([b["image"] for b in micro_batches], self.ddp or self.method,
-                                          self.optimizers, self.ctx)
+        stats = self.method.training_step(micro_batches, self.ddp or self.method, self.optimizers, self.ctx)
         if "colourful" in stats:  # images the method's non-gray rule left out of the loss
             self.skipped.add("grayscale_excluded", sum(b["image"].shape[0] for b in micro_batches) - stats["colourful"])
         for scheduler in self.schedulers.values():
@@ -238,7 +237,7 @@ class Trainer:
         for batch in loader:
             if batch["image"].shape[0] == 0:
                 continue
-            out = self.method.validation_step(batch["image"], self.ctx)
+            out = self.method.validation_step(batch, self.ctx)
             if out is None:  # no colourful image in this batch
                 continue
             for k, v in out.sums.items():

@@ -63,7 +63,7 @@ def train_tiny(data: Path, loss: str, iterations: int) -> tuple[Method, dict]:
     while step < iterations:
         for batch in make_loader(source, 8, shuffle=True, seed=step, drop_last=True):
             ctx.step = step
-            method.training_step([batch["image"]], method, {"main": opt}, ctx)
+            method.training_step([batch], method, {"main": opt}, ctx)
             step += 1
             if step == iterations:
                 break

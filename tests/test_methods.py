@@ -12,8 +12,10 @@ CASES = [(m, e) for m in list_methods() for e in list_encoders()]
 
 
 def _images(n=2, size=64, seed=0):
+    """A batch as the loader gives it: uint8 RGB images and labels."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    return {"image": torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
+            "label": torch.arange(n) % 2}
 
 
 @pytest.fixture(params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")

@@ -16,8 +16,12 @@ The loop calls, in order:
   accumulates ``forward`` over the micro-batches and steps the "main" optimiser; a
   method with several optimisers overrides it. ``model`` is the DDP wrapper (or the
   method itself): calling it runs ``forward`` with gradient synchronisation;
-* ``validation_step(images)`` on held-out batches (losses and a colorization);
-* ``predict_ab(l, decoder)`` for colorize / eval-color: ab at the method's output size.
+* ``validation_step(batch)`` on held-out batches (losses and a colorization);
+* ``predict_ab(l, decoder, **options)`` for colorize / eval-color: ab at the method's
+  output size (``options``: method-specific, e.g. another image's global features).
+
+A batch is a dict: ``image`` uint8 RGB [n,3,H,W], ``label`` int64 [n] (-1: no label;
+methods with a classification loss use it when present), plus the loader's bookkeeping.
 
 Registry: ``register_method(name)``, ``build_method(name, trunk, **kw)``,
 ``list_methods()``; unknown or duplicate names raise with the valid ones.
@@ -111,11 +115,12 @@ class Method(nn.Module):
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"main": [p for p in self.parameters() if p.requires_grad]}
 
-    def forward(self, images: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
-        """Loss of one micro-batch of uint8 RGB images [n,3,H,W] and stats (floats)."""
+    def forward(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch (``batch["image"]`` uint8 RGB [n,3,H,W], ``batch["label"]``
+        int64 [n]) and stats (numbers, summed over micro-batches)."""
         raise NotImplementedError
 
-    def training_step(self, micro_batches: list[torch.Tensor], model: nn.Module,
+    def training_step(self, micro_batches: list[dict], model: nn.Module,
                       optimizers: dict[str, torch.optim.Optimizer], ctx: StepContext) -> dict[str, float]:
         """One global step: gradient accumulation over the micro-batches, then one step
         of the "main" optimiser. Returns {"loss": mean loss, ...stats summed}."""
@@ -123,10 +128,10 @@ class Method(nn.Module):
         opt.zero_grad(set_to_none=True)
         total, stats = torch.zeros((), device=ctx.device), {}
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-        for i, images in enumerate(micro_batches):
+        for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with model.no_sync() if ddp and not last else contextlib.nullcontext():
-                loss, s = model(images, ctx)
+                loss, s = model(batch, ctx)
                 (loss / len(micro_batches)).backward()
             total += loss.detach() / len(micro_batches)
             for k, v in s.items():
@@ -139,12 +144,13 @@ class Method(nn.Module):
         return {"loss": loss_value, **stats}
 
     @torch.no_grad()
-    def validation_step(self, images: torch.Tensor, ctx: StepContext) -> ValidationOutput | None:
+    def validation_step(self, batch: dict, ctx: StepContext) -> ValidationOutput | None:
         raise NotImplementedError
 
     @torch.no_grad()
-    def predict_ab(self, lightness: torch.Tensor, decoder: str = "annealed") -> torch.Tensor:
-        """Normalised L [N,1,H,W] -> ab [N,2,h,w] at the method's output size."""
+    def predict_ab(self, lightness: torch.Tensor, decoder: str = "annealed", **options) -> torch.Tensor:
+        """Normalised L [N,1,H,W] -> ab [N,2,h,w] at the method's output size. ``options``
+        are method-specific; a method given one it does not know raises ValueError."""
         raise NotImplementedError
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:

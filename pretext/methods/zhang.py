@@ -127,8 +127,9 @@ class Zhang(Method):
     def _loss(self, out: torch.Tensor, pb) -> torch.Tensor:
         return colorization_loss(self.loss_name, out.float(), pb.target_ab, pb.encoding, self.class_weights, pb.mask)
 
-    def forward(self, images: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+    def forward(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         """uint8 RGB [n,3,H,W] -> (masked mean loss, {"colourful": images with colour})."""
+        images = batch["image"]
         if images.shape[0] == 0:  # every file of this micro-batch was unreadable: one gray image, masked out
             images = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
         pb = self._batch(images, ctx.device)
@@ -146,14 +147,16 @@ class Zhang(Method):
         return decode(out, decoder)
 
     @torch.no_grad()
-    def predict_ab(self, lightness: torch.Tensor, decoder: str = "annealed") -> torch.Tensor:
+    def predict_ab(self, lightness: torch.Tensor, decoder: str = "annealed", **options) -> torch.Tensor:
+        if options:
+            raise ValueError(f"zhang: unknown colorize options {sorted(options)}")
         return self._to_ab(self.logits(lightness).float(), decoder)
 
     @torch.no_grad()
-    def validation_step(self, images: torch.Tensor, ctx: StepContext) -> ValidationOutput | None:
+    def validation_step(self, batch: dict, ctx: StepContext) -> ValidationOutput | None:
         """Loss, the prior-only baseline loss (predicting the training prior everywhere:
         the bar to beat) and the annealed-mean colorization of the colourful images."""
-        pb = self._batch(images, ctx.device)
+        pb = self._batch(batch["image"], ctx.device)
         if not pb.mask.any():
             return None
         out = self.logits(pb.lightness).float()
