@@ -23,13 +23,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "make-data": ("pretext.data.synthetic.generate", "", "write the built-in procedural benchmark (ImageFolder + VOCdevkit)"),
     "prior": ("pretext.train", "prior", "estimate the empirical ab prior over a data source and cache it"),
     "pretrain": ("pretext.train", "", "train a pretext method (colorization) on an encoder"),
+    "methods": ("pretext.methods.listing", "", "list the registered pretext methods: paper, loss, output"),
     "colorize": ("pretext.colorize", "", "colorize photos with a trained checkpoint"),
     "eval-color": ("downstream.color_quality.evaluate", "", "score colorizations: AuC, rebalanced AuC, PSNR, classifier top-1"),
     "probe": ("downstream.probe.linear_probe", "", "linear probes on frozen features of every conv layer"),
+    "detect": ("downstream.detection.main", "", "Fast R-CNN detection on PASCAL VOC 2007 with a pretrained trunk"),
+    "det-eval": ("downstream.detection.voc_eval", "", "VOC devkit AP (+ COCO AP) of detection result files"),
+    "segment": ("downstream.segmentation.train", "", "FCN-32s/16s/8s semantic segmentation on PASCAL VOC 2012 with a pretrained trunk"),
+    "seg-eval": ("downstream.segmentation.seg_eval", "", "mIU, pixel / mean accuracy, fwIU of predicted label PNGs against VOC's"),
+    "voc-cls": ("downstream.voc_cls.main", "", "PASCAL VOC07 classification: fine-tuning (fc6-8 / all) or linear SVMs per layer"),
     "table": ("benchmarks.tables", "", "build comparison tables and plots from run records"),
     "study": ("downstream.study.cli", "", "perceptual realism study: create, serve, report (2AFC real vs fake)"),
     "demo": ("benchmarks.demo", "", "run the whole suite end to end on the built-in data"),
     "speed": ("benchmarks.speed", "", "speed benchmarks (ratios against a reference, measured in one run)"),
+    "import-weights": ("pretext.encoders.weights_import", "", "convert released weights (the ECCV16 PyTorch colorizer) into a colorbench checkpoint"),
+    "export-weights": ("pretext.encoders.weights_export", "", "write a checkpoint's trunk in torchvision / detectron2 key layout"),
 }
 
 # Exceptions that mean "the user gave something wrong" (configs, paths, files, values).
@@ -37,7 +45,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = [f"  {name:<11} {text}" for name, (_, _, text) in COMMANDS.items()]
+    pad = max(map(len, COMMANDS))
+    lines = [f"  {name:<{pad}}  {text}" for name, (_, _, text) in COMMANDS.items()]
     parser = argparse.ArgumentParser(
         prog="colorbench",
         description="Colorization pretext training and transfer benchmarks.",

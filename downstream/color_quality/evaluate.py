@@ -78,7 +78,8 @@ def resolve_prior(cfg: EvalColorConfig, colorizers: list[Colorizer], device, say
     if not cfg.prior.path:
         for c in colorizers:
             prior = getattr(c.method, "prior", None)  # Zhang's training prior (a buffer)
-            if isinstance(prior, torch.Tensor):
+            # imported released weights carry no prior (a uniform placeholder): count one instead
+            if isinstance(prior, torch.Tensor) and not str(c.payload.get("prior_source", "")).startswith("uniform"):
                 return prior.float().cpu(), f"{c.path} (training prior)"
     grid = (math.ceil(cfg.data.crop / PRIOR_STRIDE),) * 2  # ab point-sampled every PRIOR_STRIDE pixels
     return get_or_compute_prior(cfg.data, cfg.prior, device, grid, "point", num_workers=cfg.data.num_workers,

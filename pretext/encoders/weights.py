@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -44,8 +44,10 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(2, f"{what} weights file not found", str(path))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or needs unpickling
+    except Exception as exc:  # noqa: BLE001  (not a torch file, truncated, or needs unpickling)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "weights only load failed" in first.lower():  # torch's long weights_only notice: say it briefly
+            first = "not a torch file, or it holds objects other than tensors, which colorbench never unpickles"
         raise ValueError(f"{path} cannot be read as a {what} state dict of tensors ({first[:120]})") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):

@@ -48,9 +48,23 @@ from torch import nn
 
 from pretext.encoders import build_encoder
 from pretext.encoders.registry import scaled
-from pretext.encoders.weights import (DETECTRON2_PREFIX, IMAGENET_MEAN, IMAGENET_STD, LUMA, check_out, dense_groups,
-                                      fold_bn, rename_resnet, rgb_stem)
-from pretext.engine.checkpoint import atomic_write, atomic_write_text, load_checkpoint, load_state_strict
+from pretext.encoders.weights import (
+    DETECTRON2_PREFIX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LUMA,
+    check_out,
+    dense_groups,
+    fold_bn,
+    rename_resnet,
+    rgb_stem,
+)
+from pretext.engine.checkpoint import (
+    atomic_write,
+    atomic_write_text,
+    load_checkpoint,
+    load_state_strict,
+)
 
 FORMATS = ("torchvision", "detectron2")
 INPUTS = ("rgb", "l")

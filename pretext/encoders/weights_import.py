@@ -38,9 +38,19 @@ import torch
 
 from pretext.color.bins import NUM_BINS, ab_centers
 from pretext.encoders import build_encoder
-from pretext.encoders.weights import (DETECTRON2_PREFIX, check_out, check_state, file_sha256, read_state_dict,
-                                      resnet_key_map)
-from pretext.engine.checkpoint import load_state_strict, save_checkpoint, trunk_checkpoint
+from pretext.encoders.weights import (
+    DETECTRON2_PREFIX,
+    check_out,
+    check_state,
+    file_sha256,
+    read_state_dict,
+    resnet_key_map,
+)
+from pretext.engine.checkpoint import (
+    load_state_strict,
+    save_checkpoint,
+    trunk_checkpoint,
+)
 
 FORMATS = ("eccv16-pytorch", "detectron2")
 AB_NORM = 110.0  # the release's BaseColor.ab_norm: model_out * 110 = ab
@@ -79,7 +89,9 @@ def release_bin_order(model_out: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 def import_eccv16(state: dict[str, torch.Tensor], prior: torch.Tensor | None = None):
     """The release's state dict -> (Zhang method on vgg_cc, payload extras)."""
-    from pretext.methods import build_method  # methods build on encoders: imported when used
+    from pretext.methods import (
+        build_method,  # methods build on encoders: imported when used
+    )
 
     trunk = build_encoder("vgg_cc")
     method = build_method("zhang", trunk, loss="full", head="linear")
