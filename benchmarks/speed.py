@@ -29,17 +29,36 @@ SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # bundled with sc
 def best_time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.2) -> float:
     """Best wall time of ``fn`` over ``repeats`` rounds (each round >= min_seconds, averaged)."""
     fn()  # warm-up (caches, lookup tables, lazy imports)
-    best = float("inf")
+    return min(round_time(fn, min_seconds) for _ in range(repeats))
+
+
+def round_time(fn: Callable[[], object], min_seconds: float = 0.2) -> float:
+    """Wall time of one call of ``fn``, averaged over as many calls as fill ``min_seconds``."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
+def compare(ours: Callable[[], object], refs: dict[str, Callable[[], object]], repeats: int,
+            min_seconds: float = 0.2) -> dict[str, dict]:
+    """Time ``ours`` and each reference in ``repeats`` interleaved rounds (load on a shared
+    machine hits both sides of a ratio alike). Per reference: the best times of both sides
+    (noise only adds), their ratio, and the median of the per-round ratios."""
+    for fn in (ours, *refs.values()):
+        fn()  # warm-up (caches, lookup tables, lazy imports)
+    times: dict[str, list[float]] = {name: [] for name in ("ours", *refs)}
     for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        best = min(best, elapsed / calls)
-    return best
+        times["ours"].append(round_time(ours, min_seconds))
+        for name, fn in refs.items():
+            times[name].append(round_time(fn, min_seconds))
+    return {name: {"ours": min(times["ours"]), "reference": min(times[name]),
+                   "ratio": min(times[name]) / min(times["ours"]),
+                   "median_ratio": float(np.median(np.array(times[name]) / np.array(times["ours"])))}
+            for name in refs}
 
 
 def load_photos(folder: Path | None = None) -> tuple[list[np.ndarray], str]:
@@ -108,24 +127,21 @@ def encode_data(data: str = "photos", folder: Path | None = None) -> tuple[torch
 
 
 def bench_encode(repeats: int, k: int = 5, data: str = "photos", folder: Path | None = None) -> list[dict]:
-    from pretext.color.bins import ab_centers, soft_encode
+    from pretext.color.bins import ab_centers, soft_encode, soft_encoder
 
     ab, source = encode_data(data, folder)
-    print(f"encode data: {source}", flush=True)
+    kinds = soft_encoder(k).cell_kinds(ab)
+    print(f"encode data: {source}; pixels in fixed / pair / general cells: "
+          + " / ".join(f"{100 * kinds[kind]:.2f}%" for kind in ("fixed", "pair", "general")), flush=True)
     ab_np, centers = ab.numpy().astype(np.float64), ab_centers().numpy().astype(np.float64)
-    pixels = ab.numel() // 2
-    ours = best_time(lambda: soft_encode(ab, k=k), repeats)
-    results = []
-    for dense, label in ((True, "original encode: ball tree + dense target"), (False, "ball-tree kneighbors only")):
-        ref = best_time(lambda: original_soft_encode(ab_np, centers, k, 5.0, dense), repeats)
-        label += f", K={k}" if k != 5 else ""
-        results.append({"benchmark": "encode", "pixels": pixels, "reference": label,
-                        "reference_pixels_per_s": pixels / ref, "ours_pixels_per_s": pixels / ours,
-                        "ratio": ref / ours})
-    return results
+    refs = {"original encode: ball tree + dense target": lambda: original_soft_encode(ab_np, centers, k, 5.0, True),
+            "ball-tree kneighbors only": lambda: original_soft_encode(ab_np, centers, k, 5.0, False)}
+    timed = compare(lambda: soft_encode(ab, k=k), refs, repeats)
+    return [_result("encode", ab.numel() // 2, label + (f", K={k}" if k != 5 else ""), t, repeats)
+            for label, t in timed.items()]
 
 
-def bench_lab(repeats: int) -> dict:
+def bench_lab(repeats: int) -> list[dict]:
     from skimage import color as skcolor
 
     from pretext.color.lab import rgb_to_lab
@@ -133,24 +149,32 @@ def bench_lab(repeats: int) -> dict:
     torch.manual_seed(0)
     rgb = torch.rand(16, 3, 176, 176)
     rgb_np = rgb.permute(0, 2, 3, 1).numpy()
-    pixels = rgb.numel() // 3
-    ref = best_time(lambda: skcolor.rgb2lab(rgb_np), repeats)
-    ours = best_time(lambda: rgb_to_lab(rgb), repeats)
-    return [{"benchmark": "lab", "pixels": pixels, "reference": "skimage.color.rgb2lab",
-             "reference_pixels_per_s": pixels / ref, "ours_pixels_per_s": pixels / ours, "ratio": ref / ours}]
+    label = "skimage.color.rgb2lab"
+    timed = compare(lambda: rgb_to_lab(rgb), {label: lambda: skcolor.rgb2lab(rgb_np)}, repeats)
+    return [_result("lab", rgb.numel() // 3, label, timed[label], repeats)]
+
+
+def _result(benchmark: str, pixels: int, reference: str, t: dict, repeats: int) -> dict:
+    return {"benchmark": benchmark, "pixels": pixels, "reference": reference, "rounds": repeats,
+            "reference_pixels_per_s": pixels / t["reference"], "ours_pixels_per_s": pixels / t["ours"],
+            "ratio": t["ratio"], "median_ratio": t["median_ratio"]}
 
 
 def report(result: dict) -> str:
     return (f"{result['benchmark']:<7} {result['pixels']:>9,d} px   reference ({result['reference']}): "
             f"{result['reference_pixels_per_s'] / 1e6:8.2f} Mpx/s   colorbench: {result['ours_pixels_per_s'] / 1e6:8.2f} Mpx/s"
-            f"   ratio: {result['ratio']:6.1f}x")
+            f"   ratio: {result['ratio']:6.1f}x (best times; median of {result['rounds']} rounds "
+            f"{result['median_ratio']:.1f}x)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("which", nargs="?", default="all", choices=("all",) + BENCHMARKS,
                         help="which benchmark (default: all)")
-    parser.add_argument("--repeats", type=int, default=5, help="timing rounds; the best is kept (noise only adds)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timing rounds, ours and the references interleaved; best times kept (noise only adds)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: leave torch's default; use 1 on a loaded machine: the references "
+                             "run on one core)")
     parser.add_argument("--k", type=int, default=5, help="encode: K nearest centres (paper 5, released Caffe code 10)")
     parser.add_argument("--data", choices=("photos", "random"), default="photos",
                         help="encode: ab of real photos (default: what training sees) or of random RGB colours")
@@ -165,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    runners = {"encode": lambda: bench_encode(args.repeats, args.k, args.data, args.photos), "lab": lambda: bench_lab(args.repeats)}
+    runners = {"encode": lambda: bench_encode(args.repeats, args.k, args.data, args.photos),
+               "lab": lambda: bench_lab(args.repeats)}
     for name in BENCHMARKS if args.which == "all" else (args.which,):
         for result in runners[name]():
             print(report(result), flush=True)

@@ -36,7 +36,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -48,7 +48,7 @@ from tqdm import tqdm
 from pretext.color.lab import lab_to_rgb
 from pretext.color.losses import colorful_mask
 from pretext.color.targets import to_lab
-from pretext.data.images import BadSample
+from pretext.data.images import BadImage, BadSample, load_rgb
 from pretext.data.sources import ImageSource, folder_samples
 from pretext.encoders import normalize_l
 from pretext.engine.config import git_revision
@@ -79,13 +79,15 @@ class Colorizer:
     """A loaded pretext method plus how to run it.
 
     ``size``: the short side the network sees (0 = native); ``decoder``: how the method
-    turns its prediction into ab (``DECODERS``; ignored by a method that regresses ab)."""
+    turns its prediction into ab (``DECODERS``; ignored by a method that regresses ab);
+    ``options``: method-specific ``predict_ab`` options (e.g. Iizuka's ``global_lightness``)."""
 
     method: Method
     payload: dict
     path: str
     size: int
     decoder: str = "annealed"
+    options: dict = field(default_factory=dict)
 
     @property
     def encoder(self) -> str:
@@ -124,7 +126,8 @@ class Colorizer:
         """L in [0,100] [N,1,H,W] -> ab [N,2,H,W], bilinearly upsampled from the method's
         output size to the input's full resolution (``full_size=False``: not upsampled)."""
         self.method.eval()
-        ab = self.method.predict_ab(self.network_input(lightness), decoder or self.decoder).float()  # [N,2,h,w]
+        ab = self.method.predict_ab(self.network_input(lightness), decoder or self.decoder,
+                                    **self.options).float()  # [N,2,h,w]
         size = tuple(lightness.shape[-2:])
         if not full_size or tuple(ab.shape[-2:]) == size:
             return ab
@@ -196,6 +199,23 @@ def load_colorizer(path: str | os.PathLike, device: torch.device | str = "cpu", 
     method, payload = load_method(os.fspath(path), map_location=device)
     size = default_size(payload) if size is None else int(size)
     return Colorizer(method, payload, os.fspath(path), size, decoder)
+
+
+def use_global_from(colorizer: Colorizer, path: str) -> None:
+    """Style transfer (Iizuka et al. 2016): the method's global features come from the
+    image at ``path`` (its L channel at the working size) for every colorized image. A
+    method without global features refuses the option (ValueError) here, before any
+    image is colorized."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        image = pil_to_tensor(load_rgb(path))  # uint8 [3,H,W]
+    except BadImage as exc:
+        raise ColorizeError(f"--global-from {exc}") from None
+    g = colorizer.network_input(to_lab(image[None], colorizer.device)[:, :1])  # normalised L [1,1,h,w]
+    colorizer.method.eval()
+    colorizer.method.predict_ab(g, colorizer.decoder, global_lightness=g)  # raises for methods without it
+    colorizer.options = {"global_lightness": g}
 
 
 # ----------------------------------------------------------------------------- one image
@@ -297,6 +317,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoint's training short side (data.resize), else 256; 0 = native resolution")
     parser.add_argument("--grid", action="store_true", help="also write <name>_grid.png: gray | colorized | original")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
+    parser.add_argument("--global-from", metavar="IMG",
+                        help="style transfer (methods with global features: iizuka): take the global features "
+                             "from this image instead of each input's own")
     parser.add_argument("--device", default="auto", help="'auto' picks CUDA when present, else CPU")
 
 
@@ -308,6 +331,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_out_dir(out, args.overwrite)
         colorizer = load_colorizer(args.checkpoint, pick_device(args.device), args.size, args.decoder)
+        if args.global_from:
+            use_global_from(colorizer, args.global_from)
+            print(f"global features from {args.global_from}")
         how = f"{colorizer.decoder} decoding" if colorizer.decoders else "ab regression"
         print(f"{colorizer.record_name()} on {colorizer.encoder}, {how}, network short side "
               f"{colorizer.size or 'native'}, output at full input resolution")

@@ -40,6 +40,7 @@ from pretext.engine.checkpoint import load_checkpoint, load_state_strict, save_c
 from pretext.engine.config import add_config_arguments, config_from_args, git_revision, to_dict
 from pretext.engine.runs import RunDir
 from pretext.methods import Method, StepContext, build_method, method_payload
+from pretext.methods.base import build_optimizer
 
 
 @dataclass
@@ -134,8 +135,10 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.ctx = StepContext(self.device, autocast=self.autocast, channels_last=self.cuda and cfg.channels_last,
                                config=cfg, say=self.say)
-        self.optimizers = {name: torch.optim.Adam(self.param_groups(params), lr=cfg.optim.lr_values[0],
-                                                  betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+        kinds = self.method.optimizer_kinds()  # a method's own optimiser for a group (e.g. a GAN critic)
+        self.optimizers = {name: build_optimizer(kinds[name], params) if name in kinds else
+                           torch.optim.Adam(self.param_groups(params), lr=cfg.optim.lr_values[0],
+                                            betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
                            for name, params in self.method.optimizer_groups().items()}
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, piecewise_lr(cfg.optim))
                            for name, opt in self.optimizers.items()}

@@ -18,6 +18,7 @@ def _junk(tmp: Path) -> str:
 BAD = {
     "make-data": lambda t: ["make-data", "--out", str(t / "d"), "--size", "2"],
     "prior": lambda t: ["prior", "--config", str(t / "missing.yaml")],
+    "methods": lambda t: ["methods", "no_such_method"],
     "pretrain": lambda t: ["pretrain", "--config", str(REPO / "configs/pretext/tiny.yaml"), "--set", "optim.lrr=1"],
     "colorize": lambda t: ["colorize", str(REPO / "README.md"), "--checkpoint", _junk(t), "--out", str(t / "o")],
     "eval-color": lambda t: ["eval-color", "--checkpoint", _junk(t), "--out", str(t / "o")],
@@ -26,6 +27,8 @@ BAD = {
     "table": lambda t: ["table", "--runs", str(t / "no_such_runs"), "--out", str(t / "o")],
     "demo": lambda t: ["demo", "--set", "no_such_key=1"],
     "speed": lambda t: ["speed", "encode", "--repeats", "0"],
+    "import-weights": lambda t: ["import-weights", "--format", "eccv16-pytorch", _junk(t), "--out", str(t / "c.pt")],
+    "export-weights": lambda t: ["export-weights", _junk(t), "--format", "torchvision", "--out", str(t / "w.pt")],
     "study": lambda t: ["study", "create", "--real", str(t / "missing"), "--method", f"m={t}", "--out", str(t / "s")],
 }
 

@@ -174,3 +174,80 @@ def test_decode_modes():
     assert d[0] > d[1] > d[2]
     with pytest.raises(ValueError, match="mode must be"):
         color.decode(logits, "median")
+
+
+@pytest.fixture(scope="module")
+def photo_ab() -> torch.Tensor:
+    """ab [16,2,44,44] of real photos as the trainer's targets: 176 crops at stride 4
+    (Kodak24 from ../shared when present, else scikit-image's bundled photos)."""
+    from benchmarks import speed
+
+    photos, _ = speed.load_photos()
+    return speed.photo_ab(photos, num=16, seed=0)
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_soft_encode_equals_brute_force_on_real_photos(k, photo_ab):
+    assert photo_ab.shape == (16, 2, 44, 44)
+    _compare_to_brute_force(photo_ab[:8], k)
+
+
+def test_real_photos_mostly_take_the_table_paths(photo_ab):
+    # the lookup table's claim on what training sees: nearly every pixel in a fixed or pair cell
+    kinds = color.soft_encoder(5).cell_kinds(photo_ab)
+    assert abs(sum(kinds.values()) - 1) < 1e-9
+    assert kinds["fixed"] > 0.85 and kinds["general"] < 0.02
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 10])
+def test_soft_encode_exact_next_to_bisectors(k):
+    # points 1e-3 .. 1e-5 either side of the bisector of the K-th and (K+1)-th nearest centres:
+    # the K-th neighbour flips there (pair cells' one comparison, and the fp32 near-ties that
+    # must go to the float64 path)
+    g = torch.Generator().manual_seed(k)
+    c = color.ab_centers().double()
+    p = torch.rand(400, 2, generator=g, dtype=torch.float64) * 160 - 80
+    order = torch.cdist(p, c).argsort(1)
+    ci, cj = c[order[:, k - 1]], c[order[:, k]]
+    normal = (cj - ci) / (cj - ci).norm(dim=1, keepdim=True)
+    on = p - ((p - (ci + cj) / 2) * normal).sum(1, keepdim=True) * normal  # projected onto the bisector
+    offsets = torch.tensor([-1e-3, -1e-5, 1e-5, 1e-3], dtype=torch.float64)
+    pts = (on[:, None] + offsets[:, None] * normal[:, None]).reshape(-1, 2).float()
+    _compare_to_brute_force(pts.T.reshape(1, 2, 1, -1), k)
+
+
+@pytest.mark.parametrize("sigma", [0.5, 20.0])
+def test_soft_encode_other_sigmas(sigma, photo_ab):
+    # small sigma: exponents -d²/2sigma² would underflow, so they are taken relative to the nearest
+    g = torch.Generator().manual_seed(int(sigma * 10))
+    ab = torch.cat([torch.rand(1, 2, 30, 30, generator=g) * 200 - 100, photo_ab[:1, :, :30, :30]])
+    _compare_to_brute_force(ab, 5, sigma=sigma)
+
+
+def test_soft_encode_layout_and_dtypes(photo_ab):
+    ab = photo_ab[:2]
+    enc = color.soft_encode(ab)
+    # indices come pixel-major (a permuted [N,H,W,K]); any consumer sees plain [N,K,H,W] values
+    assert enc.indices.shape == (2, 5, 44, 44) and enc.indices.dtype == torch.long
+    assert torch.equal(enc.indices.contiguous(), enc.indices)
+    logits = torch.randn(2, 313, 44, 44)
+    assert torch.equal(logits.gather(1, enc.indices), logits.gather(1, enc.indices.contiguous()))
+    # float64 / float16 ab: the same encoding of their fp32 values, weights in ab's dtype
+    enc64 = color.soft_encode(ab.double())
+    assert enc64.weights.dtype == torch.float64 and torch.equal(enc64.indices, enc.indices)
+    assert torch.allclose(enc64.weights.float(), enc.weights)
+    half = ab.half()
+    assert torch.equal(color.soft_encode(half).indices, color.soft_encode(half.float()).indices)
+
+
+def test_encode_benchmark_data_without_shared(monkeypatch):
+    # a user's clone has no ../shared: the benchmark falls back to scikit-image's bundled photos
+    from benchmarks import speed
+
+    monkeypatch.setattr(speed, "KODAK", speed.KODAK.parent / "no_such_folder")
+    ab, source = speed.encode_data("photos")
+    assert ab.shape == (40, 2, 44, 44) and ab.dtype == torch.float32
+    assert "scikit-image" in source
+    assert speed.encode_data("random")[0].shape == (40, 2, 44, 44)
+    with pytest.raises(FileNotFoundError, match="no_such"):
+        speed.load_photos(speed.KODAK)

@@ -66,8 +66,9 @@ def build_ab_centers(ab_samples: torch.Tensor, grid: float = 10.0, min_count: in
 
 @dataclass
 class SoftEncoding:
-    """K nearest bins of every pixel: ``indices`` long [N,K,H,W] into the centres,
-    ``weights`` [N,K,H,W] summing to 1 over K (Gaussian of the distance)."""
+    """K nearest bins of every pixel: ``indices`` long [N,K,H,W] into the centres (from
+    ``soft_encode``: pixel-major strides, as a permuted [N,H,W,K]), ``weights`` [N,K,H,W]
+    summing to 1 over K (Gaussian of the distance)."""
 
     indices: torch.Tensor
     weights: torch.Tensor
@@ -109,22 +110,26 @@ class SoftEncoder:
     Fine table (the fast path): square cells of side ``fine`` (a power of two, 0.25). For
     centres i, j, d²(p,ci) - d²(p,cj) is linear in p, so "the n nearest centres of p are
     the set S" holds on a whole cell iff it holds at its 4 corners; the build checks that
-    exactly (float64, grid values) for S_n = the n centres nearest to the cell's middle:
-      * fixed cell: S_1 and S_K hold (~93% of Lab pixels for K=5): the K neighbours are
-        known, only their Gaussian weights remain to compute;
-      * pair cell: S_1, S_{K-1} and S_{K+1} hold (~6%): the K-th neighbour is the nearer
+    exactly (float64, grid values) for S_n = the n centres nearest to the cell's middle.
+    Pixels of real photos' ab (Kodak crops at the loss's stride 4, K=5; ``cell_kinds``):
+      * fixed cell: S_1 and S_K hold (~92%): the K neighbours are known, only their
+        Gaussian weights remain to compute;
+      * pair cell: S_1, S_{K-1} and S_{K+1} hold (~7%): the K-th neighbour is the nearer
         of the two centres of S_{K+1} - S_{K-1}, one comparison;
-      * general cell (~0.6%, and the border onto which outside pixels are clamped): the
-        coarse path below.
+      * general cell (~0.7%: around the points where three bisectors meet, and the border
+        onto which outside pixels are clamped): the coarse path below.
     A cell's row has K+1 slots: the nearest, the rest of the set, the contenders in slots
     K-1, K (fixed: slot K is a far sentinel; general: all are). Equal rows are shared (~6k
-    for K=5): cell table [cells] int32 -> row table [3(K+1),R] of centre indices and
-    coordinates, gathered per pixel. ``floor(a / fine)`` is exact in any float dtype, so a
-    pixel lies in the closed cell it gets (ties on cell edges are exact too). fp32 d² order
-    a pair to a relative 3e-7; closer calls go to the coarse path, which is float64.
+    for K=5). Per pixel: cell -> row (int32 table), the K+1 centres' coordinates (one fp32
+    gather [2(K+1),R] -> [2(K+1),P], the fast gather), exponents -d²/2sigma² of all slots,
+    one comparison, then the K indices as one long row of [2R,K] (rows R + r: contender K
+    in slot K-1), so ``indices`` comes pixel-major (strides of [N,H,W,K]). ``floor(a /
+    fine)`` is exact, so a pixel lies in the closed cell it gets (ties on cell edges are
+    exact too). fp32 exponents order a pair to a few ulps; closer calls (|gap| <= 4e-6 x
+    the largest exponent) go to the coarse path, which is float64.
 
     Coarse path: cells of side ``cell`` with their candidates for the K+1 nearest (see
-    ``_coarse_candidates``), a top-K over [M,P'] in float64; brute force outside its box.
+    ``_coarse_candidates``), a top-K over [P',M] in float64; brute force outside its box.
     For K > ``max_fine_k`` (or ``fine=None``) every pixel takes it (the build grows with K).
     """
 
@@ -140,10 +145,10 @@ class SoftEncoder:
         self.side = int(round(2 * extent / cell))
         cand, corner, nearest = _coarse_candidates(self.centers, k + 1, cell, extent)  # K+1: the fine build's
         self.padded = torch.cat([self.centers.double(), torch.full((1, 2), 1e4, dtype=torch.float64)])  # + sentinel
-        # candidates from their cell's lower corner, [M,C]: the coarse path runs over [M,P'] rows
-        self.rel_a = (self.padded[cand, 0] - corner[:, :1]).T.contiguous()  # [M,C] float64
-        self.rel_b = (self.padded[cand, 1] - corner[:, 1:]).T.contiguous()
-        self.cand = cand.T.contiguous()  # [M,C] centre index (q = sentinel)
+        # candidates from their cell's lower corner, [C,M]: the coarse path gathers [P',M] rows
+        self.rel_a = self.padded[cand, 0] - corner[:, :1]  # [C,M] float64
+        self.rel_b = self.padded[cand, 1] - corner[:, 1:]
+        self.cand = cand  # [C,M] centre index (q = sentinel)
         self.fine = None
         if fine and k < q and k <= max_fine_k:
             # fine cells only near centres (an in-gamut colour is within 5*sqrt(2) of its bin's)
@@ -161,7 +166,8 @@ class SoftEncoder:
         box = ((torch.arange(ng)[:, None] + g0) * self.side + torch.arange(ng) + g0).view(-1)  # coarse ids
         cand = torch.cat([cand, torch.full_like(cand[:, :3], q)], 1)  # [C,M+3], M >= K+1: K+4 to rank
         u = torch.arange(per + 1, dtype=torch.float64) * s  # vertex offsets in a coarse cell [per+1]
-        per_cell = torch.full((ng * ng, per, per, k + 1), q, dtype=torch.int32)  # general unless found
+        w = 2 * k + 4  # a cell's row: K+1 slots, then K+3 candidates for its exact (float64) path
+        per_cell = torch.full((ng * ng, per, per, w), q, dtype=torch.int32)  # general unless found
         for chunk in active[box].nonzero().squeeze(1).split(256):  # [G] positions in the box
             cc = cand[box[chunk]]  # [G,M] candidates of each coarse cell
             ra = (c[cc, 0] - (chunk // ng + g0)[:, None] * self.cell + self.extent)[:, None]  # [G,1,M]
@@ -173,100 +179,165 @@ class SoftEncoder:
             t, order = mid.topk(k + 4, dim=-1, largest=False)  # [G,per,per,K+4]
             beyond = (t[..., -1].sqrt() - s / math.sqrt(2)).clamp(min=0) ** 2 * (1 - 1e-12)  # rounded down
             order, e = order[..., : k + 3], (-1, per, per, -1)
-            # S_n (n = 1, K-1, K, K+1; S_0 always) holds if at each corner its farthest is no farther than the rest
-            ok = {n: torch.ones(order.shape[:3], dtype=torch.bool) for n in {1, k - 1, k, k + 1} - {0}}
+            # S_n (n = 1, K-1 .. K+3; S_0 always) holds if at each corner its farthest is no farther than the rest
+            ok = {n: torch.ones(order.shape[:3], dtype=torch.bool) for n in {1, k - 1, k, k + 1, k + 2, k + 3} - {0}}
             for da in (0, 1):
                 for db in (0, 1):
                     d = sq_a[:, da:da + per, None].expand(e).gather(-1, order)  # [G,per,per,K+3] at a corner
                     d += sq_b[:, None, db:db + per].expand(e).gather(-1, order)
                     for n in ok:
-                        ok[n] &= d[..., :n].amax(-1) <= torch.minimum(d[..., n:].amin(-1), beyond)
+                        rest = torch.minimum(d[..., n:].amin(-1), beyond) if n < k + 3 else beyond
+                        ok[n] &= d[..., :n].amax(-1) <= rest
             first, ok[0] = ok[1] if k > 1 else True, True  # K = 1: slot 0 is the chosen contender
             fixed, pair = first & ok[k], first & ok[k - 1] & ok[k + 1] & ~ok[k]
-            top = cc[:, None, None].expand(e).gather(-1, order[..., : k + 1])  # [G,per,per,K+1]
+            top = cc[:, None, None].expand(e).gather(-1, order[..., : k + 3])  # [G,per,per,K+3]
+            # candidates of a pair or general cell: S_m for the least m in K+1..K+3 that holds
+            # on the whole cell (the K nearest of any of its points are among them), sorted
+            holds = torch.stack([ok[k + 1], ok[k + 2], ok[k + 3]], -1)  # [G,per,per,3]
+            m = torch.where(holds.any(-1) & ~fixed, k + 1 + holds.int().argmax(-1), 0)
+            cands = top.masked_fill(torch.arange(k + 3) >= m[..., None], q).sort(-1).values
+            top = top[..., : k + 1]
             top[..., k][fixed] = q
             top[~(fixed | pair)] = q
             # canonical rows (nearest, the set sorted, the contenders) so equal cells share one
             tail = torch.arange(k + 1) >= torch.where(fixed, k, k - 1)[..., None]
             top[..., 1:] = (top[..., 1:] + tail[..., 1:] * (q + 1)).sort(-1).values % (q + 1)
-            per_cell[chunk] = top.int()
-        per_cell = per_cell.view(ng, ng, per, per, k + 1).transpose(1, 2).reshape(ng * per, ng * per, k + 1)
+            per_cell[chunk] = torch.cat([top, cands], -1).int()
+        per_cell = per_cell.view(ng, ng, per, per, w).transpose(1, 2).reshape(ng * per, ng * per, w)
         per_cell[[0, -1]], per_cell[:, [0, -1]] = q, q  # the border, where outside pixels land: general
-        per_cell = per_cell.view(-1, k + 1)  # [cells,K+1]
+        per_cell = per_cell.view(-1, w)  # [cells,2K+4]
         # share equal rows: hash each to an int64 (wrapping), unique, then verify exactly
-        mix = torch.randint(1, 2**62, (k + 1,), generator=torch.Generator().manual_seed(0)).tolist()
+        mix = torch.randint(1, 2**62, (w,), generator=torch.Generator().manual_seed(0)).tolist()
         key = sum(per_cell[:, j].long() * m for j, m in enumerate(mix))  # [cells]
         cell_row = torch.unique(key, return_inverse=True)[1]
-        table = per_cell.new_empty(int(cell_row.max()) + 1, k + 1).index_copy_(0, cell_row, per_cell)
+        table = per_cell.new_empty(int(cell_row.max()) + 1, w).index_copy_(0, cell_row, per_cell)
         if not torch.equal(table[cell_row], per_cell):  # a hash collision (never seen): exact unique
             table, cell_row = torch.unique(per_cell, dim=0, return_inverse=True)
-        self.cell_row, table = cell_row.int(), table.long()  # [cells] -> row, [R,K+1]
-        # [3(K+1),R]: K+1 centre indices (exact as float), a, b coordinates; float32 gathers are fast
-        self.rows = torch.cat([table.T.float(), c[table.T, 0].float(), c[table.T, 1].float()]).contiguous()
+        self.cell_row, table, self.row_cand = cell_row.int(), table[:, : k + 1].long(), table[:, k + 1:].long()
+        # per row: kind (0 fixed, 1 pair, 2 general), the K+1 centres' a then b [2(K+1),R] (fp32
+        # gathers along dim 1 are the fast ones), the K indices [2R,K] (rows R + r: slot K-1 holds
+        # contender K) and a bound on the exponents d² / 2 sigma² of fine-path pixels (|p - c_0| <
+        # (2 + sqrt 2) cell in active cells)
+        general, fixed = table[:, 0] == q, table[:, k] == q
+        self.row_kind = torch.where(general, 2, torch.where(fixed, 0, 1)).to(torch.int8)  # [R]
+        self.coords = torch.cat([c[table.T, 0], c[table.T, 1]]).float().contiguous()  # [2(K+1),R]
+        self.row_idx = torch.cat([table[:, :k], torch.cat([table[:, : k - 1], table[:, k:]], 1)]).contiguous()
+        set_c = c[table[~general][:, :k]]  # [R',K,2] the sets of the fine-path rows
+        reach = float((set_c - set_c[:, :1]).norm(dim=-1).max()) if len(set_c) else 0.0
+        self.max_exponent = 0.5 / self.sigma**2 * (reach + self.cell * (2 + math.sqrt(2))) ** 2
         self.fine, self.fine_box = s, (g0 * per - round(self.extent / s), ng * per)  # floor(a/s) of cell 0, side
 
-    def _on(self, device: torch.device):
+    def _on(self, device: torch.device) -> dict:
         if device not in self._device_cache:
             exact = torch.float32 if device.type == "mps" else torch.float64  # (mps has no float64)
-            tabs = [self.rel_a.to(device, exact), self.rel_b.to(device, exact), self.cand, self.centers]
-            tabs += [] if self.fine is None else [self.cell_row, self.rows]
-            self._device_cache[device] = tuple(t.to(device) for t in tabs)
+            tabs = {"rel_a": self.rel_a.to(device, exact), "rel_b": self.rel_b.to(device, exact),
+                    "cand": self.cand.to(device), "centers": self.centers.to(device, exact)}
+            if self.fine is not None:
+                tabs.update(cell_row=self.cell_row.to(device), coords=self.coords.to(device),
+                            row_idx=self.row_idx.to(device), row_cand=self.row_cand.to(device),
+                            padded=self.padded.to(device, exact), zero=torch.zeros((), device=device))
+            self._device_cache[device] = tabs
         return self._device_cache[device]
 
-    def _general(self, a: torch.Tensor, b: torch.Tensor, tabs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coarse path for pixels a, b [P'], in float64 (fp32 d² cannot order gaps of 1e-6
-        at d² ~ 400): indices long [K,P'] (nearest first), their d² minus the nearest's."""
-        rel_a, rel_b, cand, centers = tabs[:4]
-        a, b, centers = a.to(rel_a.dtype), b.to(rel_a.dtype), centers.to(rel_a.dtype)
-        ia, ib = ((a + self.extent) / self.cell).floor().long(), ((b + self.extent) / self.cell).floor().long()
-        inside = (ia >= 0) & (ia < self.side) & (ib >= 0) & (ib < self.side)
-        ia, ib = ia.clamp(0, self.side - 1), ib.clamp(0, self.side - 1)
-        flat = ia * self.side + ib  # [P'] cell of each pixel
-        da = rel_a.index_select(1, flat) - (a - (ia * self.cell - self.extent))  # [M,P'] to the candidates
-        db = rel_b.index_select(1, flat) - (b - (ib * self.cell - self.extent))
-        d2k, row = (da * da + db * db).topk(self.k, dim=0, largest=False)  # [K,P'] nearest first
-        idx = cand.view(-1)[row * cand.shape[1] + flat]  # [K,P'] centre indices
-        if not bool(inside.all()):  # rare: far outside any Lab gamut -> brute force
-            out = (~inside).nonzero().squeeze(1)
-            d2_all = (a[out, None] - centers[:, 0]) ** 2 + (b[out, None] - centers[:, 1]) ** 2  # [P'',Q]
-            d2k[:, out], idx[:, out] = (t.T for t in d2_all.topk(self.k, dim=1, largest=False))
-        return idx, (d2k - d2k[:1]).float()
+    def _cells(self, x: torch.Tensor, tabs: dict) -> torch.Tensor:
+        """Row of the fine cell of each pixel of x [N,2,HW] (fp32), int32 [N*HW]: floor(a /
+        fine) is exact, then small integers (< 2^24, exact in fp32)."""
+        lo, nf = self.fine_box
+        t = torch.mul(x, 1.0 / self.fine).floor_().clamp_(lo, lo + nf - 1)  # [N,2,HW]
+        cell = torch.add(t[:, 1], t[:, 0], alpha=nf).sub_(lo * (nf + 1)).int()  # [N,HW]
+        return tabs["cell_row"].index_select(0, cell.view(-1))
+
+    def cell_kinds(self, ab: torch.Tensor) -> dict:
+        """Fractions of the pixels of ab [N,2,H,W] in fixed / pair / general fine cells."""
+        check_image_batch(ab, "soft_encode", channels=2)
+        if self.fine is None:
+            return {"fixed": 0.0, "pair": 0.0, "general": 1.0}
+        x = ab.reshape(ab.shape[0], 2, -1).float().cpu()
+        counts = torch.bincount(self.row_kind[self._cells(x, self._on(x.device)).long()].long(), minlength=3)
+        return dict(zip(("fixed", "pair", "general"), (counts.double() / max(x[:, 0].numel(), 1)).tolist()))
+
+    def _general(self, v: torch.Tensor, tabs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse path for pixels v = (a, b) [P',2], in float64 (fp32 d² cannot order gaps of
+        1e-6 at d² ~ 400): indices long [P',K] (nearest first), their d² minus the nearest's."""
+        rel_a, rel_b, cand = tabs["rel_a"], tabs["rel_b"], tabs["cand"]
+        w = v.to(rel_a.dtype).add(self.extent)  # [P',2] from the box's lower corner
+        t = torch.div(w, self.cell).floor_()  # [P',2] coarse cell
+        tc = t.clamp(0, self.side - 1)
+        flat = torch.add(tc[:, 1], tc[:, 0], alpha=self.side).long()  # [P']
+        w.sub_(tc, alpha=self.cell)  # [P',2] from the cell's lower corner
+        da = rel_a.index_select(0, flat).sub_(w[:, :1])  # [P',M] to the candidates
+        db = rel_b.index_select(0, flat).sub_(w[:, 1:])
+        d2k, j = da.square_().addcmul_(db, db).topk(self.k, dim=1, largest=False)  # [P',K] nearest first
+        idx = cand.index_select(0, flat).gather(1, j)  # [P',K] centre indices
+        if not torch.equal(t, tc):  # rare: far outside any Lab gamut -> brute force
+            out, c = (t != tc).any(1).nonzero().squeeze(1), tabs["centers"]
+            vo = v[out].to(c.dtype)
+            d2_all = (vo[:, :1] - c[:, 0]) ** 2 + (vo[:, 1:] - c[:, 1]) ** 2  # [P'',Q]
+            d2k[out], idx[out] = d2_all.topk(self.k, dim=1, largest=False)
+        return idx, (d2k - d2k[:, :1]).float()
+
+    def _exact(self, v: torch.Tensor, rows: torch.Tensor, tabs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels v [P',2] of near-ties and general cells, in float64 over their cell's
+        candidates (the coarse path where it has none): indices long [P',K], weights [P',K]."""
+        cand = tabs["row_cand"].index_select(0, rows)  # [P',K+3] (Q: none)
+        cc = tabs["padded"].index_select(0, cand.view(-1)).view(*cand.shape, 2)  # [P',K+3,2]
+        d2k, j = cc.sub_(v.to(cc.dtype)[:, None]).square_().sum(-1).topk(self.k, dim=1, largest=False)
+        idx, d2k = cand.gather(1, j), d2k - d2k[:, :1]  # [P',K] nearest first, d² minus the nearest's
+        if not bool(cand[:, 0].lt(self.centers.shape[0]).all()):  # rare: the border, far outside any gamut
+            out = cand[:, 0].eq(self.centers.shape[0]).nonzero().squeeze(1)
+            gi, gd = self._general(v[out], tabs)
+            idx[out], d2k[out] = gi, gd.to(d2k.dtype)
+        return idx, self._weights(d2k)
+
+    def _weights(self, d2: torch.Tensor) -> torch.Tensor:
+        """Gaussian weights [P',K] from d² minus the nearest's [P',K] (far points stay finite)."""
+        return torch.softmax(d2.float().mul_(-0.5 / self.sigma**2), dim=1)
 
     def __call__(self, ab: torch.Tensor) -> SoftEncoding:
         check_image_batch(ab, "soft_encode", channels=2)
         n, _, h, w = ab.shape
-        k, hw, tabs = self.k, h * w, self._on(ab.device)
-        ab = ab.reshape(n, 2, hw)
-        a, b = ab[:, 0].float(), ab[:, 1].float()  # [N,HW]
-        if self.fine is None:
-            idx, d2 = (t.view(k, n, hw) for t in self._general(a.reshape(-1), b.reshape(-1), tabs))
-        else:
-            cell_row, rows = tabs[4:]
-            lo, nf = self.fine_box
-            # the fine cell of each pixel, exact: floor in ab's own dtype, then small integers
-            t = (ab * (1.0 / self.fine)).floor_().float().sub_(lo).clamp_(0, nf - 1)  # [N,2,HW]
-            row = cell_row.index_select(0, torch.add(t[:, 1], t[:, 0], alpha=nf).int().view(-1))  # [P]
-            idx, ra, rb = rows.index_select(1, row).view(3, k + 1, n, hw)  # [K+1,N,HW] each
-            d2 = ra.sub_(a).square_().add_(rb.sub_(b).square_())  # in place: fresh memory is slow
-            # slot K-1 <- the nearer of the contenders K-1 and K
-            gap = d2[k] - d2[k - 1]  # [N,HW]
-            torch.where(gap < 0, idx[k], idx[k - 1], out=idx[k - 1])
-            torch.minimum(d2[k - 1], d2[k], out=d2[k - 1])
-            # ties within fp32 error go to the coarse path, so do general cells (all sentinel: gap 0)
-            sel = (gap.abs_() <= d2[k - 1] * 3e-6).view(-1).nonzero().squeeze(1)  # [P']
-            if sel.numel():
-                at = sel // hw * (2 * hw) + sel % hw  # [P'] where their a is in ab [N,2,HW]
-                gi, gd = self._general(ab.reshape(-1)[at].float(), ab.reshape(-1)[at + hw].float(), tabs)
-                idx.view(k + 1, -1)[:k, sel], d2.view(k + 1, -1)[:k, sel] = gi.float(), gd
-            idx, d2 = idx[:k], d2[:k]
-        # Gaussian weights exp(-d² / 2 sigma²) normalised over K, relative to slot 0 (the
-        # nearest: far points stay finite), in place and straight into the output
+        k, hw, tabs, q = self.k, h * w, self._on(ab.device), self.centers.shape[0]
+        x = ab.reshape(n, 2, hw).float()  # [N,2,HW]: fp32 values throughout (the coarse path: float64 of them)
         out_w = torch.empty(n, k, hw, dtype=ab.dtype, device=ab.device)
-        rel = d2[1:].sub_(d2[0]).mul_(-0.5 / self.sigma**2).exp_()  # [K-1,N,HW]
-        torch.reciprocal(rel.sum(0).add_(1.0), out=out_w[:, 0])  # [N,HW] weight of slot 0
-        torch.mul(rel, out_w[:, 0], out=out_w[:, 1:].transpose(0, 1))
-        out_i = torch.empty(n, k, hw, dtype=torch.long, device=ab.device).copy_(idx.transpose(0, 1))
-        return SoftEncoding(out_i.view(n, k, h, w), out_w.view(n, k, h, w), num_bins=self.centers.shape[0])
+        if self.fine is None:
+            idx, d2 = self._general(x.transpose(1, 2).reshape(-1, 2), tabs)  # [P,K]
+            out_w.copy_(self._weights(d2).view(n, hw, k).transpose(1, 2))
+            return SoftEncoding(idx.view(n, h, w, k).permute(0, 3, 1, 2), out_w.view(n, k, h, w), num_bins=q)
+        row = self._cells(x, tabs)  # [P] int32
+        ca, cb = tabs["coords"].index_select(1, row).view(2, k + 1, n, hw)  # [K+1,N,HW] centres' a, b
+        ca.sub_(x[:, 0]), cb.sub_(x[:, 1])
+        c = 0.5 / self.sigma**2
+        e = torch.addcmul(tabs["zero"], ca, ca, value=-c).addcmul_(cb, cb, value=-c)  # [K+1,N,HW] -d² / 2 sigma²
+        # slot K-1 <- the nearer of the contenders K-1 and K
+        gap = e[k] - e[k - 1]  # [N,HW], > 0: contender K is nearer
+        pm = tabs["row_idx"].index_select(0, torch.add(row, (gap > 0).view(-1), alpha=len(self.row_kind)))  # [P,K]
+        torch.maximum(e[k - 1], e[k], out=e[k - 1])
+        # Gaussian weights normalised over K, straight into the output; exponents relative to
+        # the nearest's only when they could underflow (small sigma)
+        if k == 1:
+            out_w.fill_(1.0)
+        else:
+            if self.max_exponent > 80:
+                e[1:k].sub_(e[0]), e[0].zero_()
+            rel = e[:k].exp_()  # [K,N,HW]
+            torch.mul(rel, rel.sum(0).reciprocal_(), out=out_w.transpose(0, 1))
+        # ties within fp32 error go to the coarse path, so do general cells (all sentinel: gap 0)
+        sel = (gap.abs_() <= 4e-6 * self.max_exponent).view(-1).nonzero().squeeze(1)  # [P']
+        if sel.numel():
+            ni, pi = sel // hw, sel % hw
+            gi, gw = self._exact(x[ni, :, pi], row.index_select(0, sel), tabs)  # [P',K]
+            pm[sel], out_w[ni, :, pi] = gi, gw.to(out_w.dtype)
+        return SoftEncoding(pm.view(n, h, w, k).permute(0, 3, 1, 2), out_w.view(n, k, h, w), num_bins=q)
+
+
+def soft_encoder(k: int = 5, sigma: float = 5.0, centers: torch.Tensor | None = None) -> SoftEncoder:
+    """The (cached) encoder ``soft_encode`` uses, for its tables and ``cell_kinds``."""
+    if not isinstance(k, int) or not 1 <= k <= (NUM_BINS if centers is None else centers.shape[0]):
+        raise ValueError(f"soft_encode: k must be an int in [1, {NUM_BINS if centers is None else centers.shape[0]}], got {k}")
+    if centers is not None and (centers.dim() != 2 or centers.shape[1] != 2):
+        raise ValueError(f"soft_encode: centers must be [Q,2], got {list(centers.shape)}")
+    key = None if centers is None else centers.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return _cached_encoder(k, float(sigma), key)
 
 
 @lru_cache(maxsize=16)
@@ -281,12 +352,7 @@ def soft_encode(ab: torch.Tensor, k: int = 5, sigma: float = 5.0, centers: torch
 
     K = 5 nearest with Gaussian weights sigma = 5 as in the paper (the released Caffe
     code used K = 10)."""
-    if not isinstance(k, int) or not 1 <= k <= (NUM_BINS if centers is None else centers.shape[0]):
-        raise ValueError(f"soft_encode: k must be an int in [1, {NUM_BINS if centers is None else centers.shape[0]}], got {k}")
-    if centers is not None and (centers.dim() != 2 or centers.shape[1] != 2):
-        raise ValueError(f"soft_encode: centers must be [Q,2], got {list(centers.shape)}")
-    key = None if centers is None else centers.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return _cached_encoder(k, float(sigma), key)(ab)
+    return soft_encoder(k, sigma, centers)(ab)
 
 
 def decode(logits: torch.Tensor, mode: str = "annealed", T: float = 0.38,

@@ -271,15 +271,16 @@ class VocSegmentation(Dataset):
 
     after ``transforms(image, mask)`` (torchvision v2 ops transform both: a mask is
     resized with nearest neighbours), or a ``BadSample`` for an unreadable JPEG.
-    ``root`` = ``VOCdevkit/VOC2012`` (or the built-in ``VOCdevkit/VOC2007``)."""
+    ``root`` = ``VOCdevkit/VOC2012`` (or the built-in ``VOCdevkit/VOC2007``); ``masks``:
+    the mask folder under it (e.g. ``SegmentationClassAug``, SBD's masks as PNGs)."""
 
     def __init__(self, root: str, split: str | None = "train", list_file: str | None = None,
-                 transforms=None, limit: int | None = None):
-        self.root, self.transforms = os.fspath(root), transforms
-        for sub in ("JPEGImages", "SegmentationClass"):
+                 transforms=None, limit: int | None = None, masks: str = "SegmentationClass"):
+        self.root, self.transforms, self.masks = os.fspath(root), transforms, masks
+        for sub in ("JPEGImages", masks):
             if not os.path.isdir(os.path.join(self.root, sub)):
                 raise ValueError(f"VOC folder not found: {os.path.join(self.root, sub)} "
-                                 "(root must be VOCdevkit/VOC20xx with SegmentationClass)")
+                                 f"(root must be VOCdevkit/VOC20xx with {masks})")
         self.ids = seg_ids(self.root, split, list_file)[:limit]
         self.name = list_file or f"{self.root}:{split}"
         missing = [i for i in self.ids if not os.path.isfile(self.mask_path(i))]
@@ -288,7 +289,7 @@ class VocSegmentation(Dataset):
                              f"{self.mask_path(missing[0])}")
 
     def mask_path(self, image_id: str) -> str:
-        return os.path.join(self.root, "SegmentationClass", f"{image_id}.png")
+        return os.path.join(self.root, self.masks, f"{image_id}.png")
 
     def __len__(self) -> int:
         return len(self.ids)

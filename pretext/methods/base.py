@@ -11,7 +11,8 @@ The loop calls, in order:
 * ``setup(ctx)`` once: data-dependent state (Zhang's class-rebalancing prior), computed
   on rank 0 and read from its cache by the other ranks;
 * ``optimizer_groups()``: ``{name: [parameters]}``, one optimiser each ("main", and e.g.
-  "critic" for a GAN); the loop builds them from the config's recipe;
+  "critic" for a GAN); the loop builds them from the config's recipe (Adam), or as
+  ``optimizer_kinds()`` says for a group (e.g. RMSprop for a WGAN critic);
 * ``training_step(micro_batches, model, optimizers, ctx)`` per global step: the default
   accumulates ``forward`` over the micro-batches and steps the "main" optimiser; a
   method with several optimisers overrides it. ``model`` is the DDP wrapper (or the
@@ -98,6 +99,8 @@ class ValidationOutput:
 class Method(nn.Module):
     method_name = "?"  # set by register_method
     decoders: tuple[str, ...] = ()  # predict_ab's decoder names; () = one deterministic output
+    # one line for `colorbench methods`: "paper · loss · output" (every registered method sets it)
+    summary: str = ""
 
     @property
     def record_name(self) -> str:
@@ -114,6 +117,14 @@ class Method(nn.Module):
 
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"main": [p for p in self.parameters() if p.requires_grad]}
+
+    def optimizer_kinds(self) -> dict[str, dict]:
+        """Optional: for a group of ``optimizer_groups``, the optimiser to build instead of
+        the config's Adam recipe, e.g. ``{"critic": {"kind": "rmsprop", "lr": 5e-5}}``
+        (``kind``: a key of ``OPTIMIZERS``; the other keys are its keyword arguments). Such
+        a group is one parameter group (no bias lr / decay multipliers) and follows the
+        config's lr schedule as a factor on its own lr. Default: every group gets Adam."""
+        return {}
 
     def forward(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         """Loss of one micro-batch (``batch["image"]`` uint8 RGB [n,3,H,W], ``batch["label"]``
@@ -180,6 +191,18 @@ class _Without(nn.Module):
 
     def load_state_dict(self, state, strict=False):
         return self._m.load_state_dict(state, strict=False)
+
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}  # kinds of Method.optimizer_kinds
+
+
+def build_optimizer(spec: dict, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """An optimiser from a ``Method.optimizer_kinds`` entry ``{"kind": ..., **kwargs}``."""
+    options = dict(spec)
+    kind = options.pop("kind", "adam")
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer kind must be one of {sorted(OPTIMIZERS)}, got {kind!r}")
+    return OPTIMIZERS[kind](params, **options)
 
 
 def _mean_over_ranks(total: torch.Tensor) -> float:

@@ -67,6 +67,8 @@ def resolve_head(trunk: nn.Module, kind: str) -> str:
 
 @register_method("zhang")
 class Zhang(Method):
+    summary = "Zhang et al. 2016 · multinomial CE over 313 ab bins (+ rebalancing; or l2) · 313-way distribution -> ab"
+
     def __init__(self, trunk: nn.Module, loss: str = "full", k: int = 5, sigma: float = 5.0,
                  head: str = "auto", lam: float = 0.5, prior_sigma: float = 5.0, target_sampling: str = "point"):
         super().__init__(trunk)
