@@ -166,8 +166,7 @@ class SoftEncoder:
         box = ((torch.arange(ng)[:, None] + g0) * self.side + torch.arange(ng) + g0).view(-1)  # coarse ids
         cand = torch.cat([cand, torch.full_like(cand[:, :3], q)], 1)  # [C,M+3], M >= K+1: K+4 to rank
         u = torch.arange(per + 1, dtype=torch.float64) * s  # vertex offsets in a coarse cell [per+1]
-        w = 2 * k + 4  # a cell's row: K+1 slots, then K+3 candidates for its exact (float64) path
-        per_cell = torch.full((ng * ng, per, per, w), q, dtype=torch.int32)  # general unless found
+        per_cell = torch.full((ng * ng, per, per, k + 1), q, dtype=torch.int32)  # general unless found
         for chunk in active[box].nonzero().squeeze(1).split(256):  # [G] positions in the box
             cc = cand[box[chunk]]  # [G,M] candidates of each coarse cell
             ra = (c[cc, 0] - (chunk // ng + g0)[:, None] * self.cell + self.extent)[:, None]  # [G,1,M]
@@ -179,41 +178,34 @@ class SoftEncoder:
             t, order = mid.topk(k + 4, dim=-1, largest=False)  # [G,per,per,K+4]
             beyond = (t[..., -1].sqrt() - s / math.sqrt(2)).clamp(min=0) ** 2 * (1 - 1e-12)  # rounded down
             order, e = order[..., : k + 3], (-1, per, per, -1)
-            # S_n (n = 1, K-1 .. K+3; S_0 always) holds if at each corner its farthest is no farther than the rest
-            ok = {n: torch.ones(order.shape[:3], dtype=torch.bool) for n in {1, k - 1, k, k + 1, k + 2, k + 3} - {0}}
+            # S_n (n = 1, K-1, K, K+1; S_0 always) holds if at each corner its farthest is no farther than the rest
+            ok = {n: torch.ones(order.shape[:3], dtype=torch.bool) for n in {1, k - 1, k, k + 1} - {0}}
             for da in (0, 1):
                 for db in (0, 1):
                     d = sq_a[:, da:da + per, None].expand(e).gather(-1, order)  # [G,per,per,K+3] at a corner
                     d += sq_b[:, None, db:db + per].expand(e).gather(-1, order)
                     for n in ok:
-                        rest = torch.minimum(d[..., n:].amin(-1), beyond) if n < k + 3 else beyond
-                        ok[n] &= d[..., :n].amax(-1) <= rest
+                        ok[n] &= d[..., :n].amax(-1) <= torch.minimum(d[..., n:].amin(-1), beyond)
             first, ok[0] = ok[1] if k > 1 else True, True  # K = 1: slot 0 is the chosen contender
             fixed, pair = first & ok[k], first & ok[k - 1] & ok[k + 1] & ~ok[k]
-            top = cc[:, None, None].expand(e).gather(-1, order[..., : k + 3])  # [G,per,per,K+3]
-            # candidates of a pair or general cell: S_m for the least m in K+1..K+3 that holds
-            # on the whole cell (the K nearest of any of its points are among them), sorted
-            holds = torch.stack([ok[k + 1], ok[k + 2], ok[k + 3]], -1)  # [G,per,per,3]
-            m = torch.where(holds.any(-1) & ~fixed, k + 1 + holds.int().argmax(-1), 0)
-            cands = top.masked_fill(torch.arange(k + 3) >= m[..., None], q).sort(-1).values
-            top = top[..., : k + 1]
+            top = cc[:, None, None].expand(e).gather(-1, order[..., : k + 1])  # [G,per,per,K+1]
             top[..., k][fixed] = q
             top[~(fixed | pair)] = q
             # canonical rows (nearest, the set sorted, the contenders) so equal cells share one
             tail = torch.arange(k + 1) >= torch.where(fixed, k, k - 1)[..., None]
             top[..., 1:] = (top[..., 1:] + tail[..., 1:] * (q + 1)).sort(-1).values % (q + 1)
-            per_cell[chunk] = torch.cat([top, cands], -1).int()
-        per_cell = per_cell.view(ng, ng, per, per, w).transpose(1, 2).reshape(ng * per, ng * per, w)
+            per_cell[chunk] = top.int()
+        per_cell = per_cell.view(ng, ng, per, per, k + 1).transpose(1, 2).reshape(ng * per, ng * per, k + 1)
         per_cell[[0, -1]], per_cell[:, [0, -1]] = q, q  # the border, where outside pixels land: general
-        per_cell = per_cell.view(-1, w)  # [cells,2K+4]
+        per_cell = per_cell.view(-1, k + 1)  # [cells,K+1]
         # share equal rows: hash each to an int64 (wrapping), unique, then verify exactly
-        mix = torch.randint(1, 2**62, (w,), generator=torch.Generator().manual_seed(0)).tolist()
+        mix = torch.randint(1, 2**62, (k + 1,), generator=torch.Generator().manual_seed(0)).tolist()
         key = sum(per_cell[:, j].long() * m for j, m in enumerate(mix))  # [cells]
         cell_row = torch.unique(key, return_inverse=True)[1]
-        table = per_cell.new_empty(int(cell_row.max()) + 1, w).index_copy_(0, cell_row, per_cell)
+        table = per_cell.new_empty(int(cell_row.max()) + 1, k + 1).index_copy_(0, cell_row, per_cell)
         if not torch.equal(table[cell_row], per_cell):  # a hash collision (never seen): exact unique
             table, cell_row = torch.unique(per_cell, dim=0, return_inverse=True)
-        self.cell_row, table, self.row_cand = cell_row.int(), table[:, : k + 1].long(), table[:, k + 1:].long()
+        self.cell_row, table = cell_row.int(), table.long()  # [cells] -> row, [R,K+1]
         # per row: kind (0 fixed, 1 pair, 2 general), the K+1 centres' a then b [2(K+1),R] (fp32
         # gathers along dim 1 are the fast ones), the K indices [2R,K] (rows R + r: slot K-1 holds
         # contender K) and a bound on the exponents d² / 2 sigma² of fine-path pixels (|p - c_0| <
@@ -222,8 +214,9 @@ class SoftEncoder:
         self.row_kind = torch.where(general, 2, torch.where(fixed, 0, 1)).to(torch.int8)  # [R]
         self.coords = torch.cat([c[table.T, 0], c[table.T, 1]]).float().contiguous()  # [2(K+1),R]
         self.row_idx = torch.cat([table[:, :k], torch.cat([table[:, : k - 1], table[:, k:]], 1)]).contiguous()
-        set_c = c[table[~general][:, :k]]  # [R',K,2] the sets of the fine-path rows
-        reach = float((set_c - set_c[:, :1]).norm(dim=-1).max()) if len(set_c) else 0.0
+        slots = table[~general]  # [R',K+1] the fine-path rows
+        far = (c[slots] - c[slots[:, :1]]).norm(dim=-1).masked_fill(slots == q, 0.0)  # from the nearest
+        reach = float(far.max()) if len(slots) else 0.0
         self.max_exponent = 0.5 / self.sigma**2 * (reach + self.cell * (2 + math.sqrt(2))) ** 2
         self.fine, self.fine_box = s, (g0 * per - round(self.extent / s), ng * per)  # floor(a/s) of cell 0, side
 
@@ -234,8 +227,7 @@ class SoftEncoder:
                     "cand": self.cand.to(device), "centers": self.centers.to(device, exact)}
             if self.fine is not None:
                 tabs.update(cell_row=self.cell_row.to(device), coords=self.coords.to(device),
-                            row_idx=self.row_idx.to(device), row_cand=self.row_cand.to(device),
-                            padded=self.padded.to(device, exact), zero=torch.zeros((), device=device))
+                            row_idx=self.row_idx.to(device), zero=torch.zeros((), device=device))
             self._device_cache[device] = tabs
         return self._device_cache[device]
 
@@ -276,19 +268,6 @@ class SoftEncoder:
             d2k[out], idx[out] = d2_all.topk(self.k, dim=1, largest=False)
         return idx, (d2k - d2k[:, :1]).float()
 
-    def _exact(self, v: torch.Tensor, rows: torch.Tensor, tabs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels v [P',2] of near-ties and general cells, in float64 over their cell's
-        candidates (the coarse path where it has none): indices long [P',K], weights [P',K]."""
-        cand = tabs["row_cand"].index_select(0, rows)  # [P',K+3] (Q: none)
-        cc = tabs["padded"].index_select(0, cand.view(-1)).view(*cand.shape, 2)  # [P',K+3,2]
-        d2k, j = cc.sub_(v.to(cc.dtype)[:, None]).square_().sum(-1).topk(self.k, dim=1, largest=False)
-        idx, d2k = cand.gather(1, j), d2k - d2k[:, :1]  # [P',K] nearest first, d² minus the nearest's
-        if not bool(cand[:, 0].lt(self.centers.shape[0]).all()):  # rare: the border, far outside any gamut
-            out = cand[:, 0].eq(self.centers.shape[0]).nonzero().squeeze(1)
-            gi, gd = self._general(v[out], tabs)
-            idx[out], d2k[out] = gi, gd.to(d2k.dtype)
-        return idx, self._weights(d2k)
-
     def _weights(self, d2: torch.Tensor) -> torch.Tensor:
         """Gaussian weights [P',K] from d² minus the nearest's [P',K] (far points stay finite)."""
         return torch.softmax(d2.float().mul_(-0.5 / self.sigma**2), dim=1)
@@ -325,8 +304,8 @@ class SoftEncoder:
         sel = (gap.abs_() <= 4e-6 * self.max_exponent).view(-1).nonzero().squeeze(1)  # [P']
         if sel.numel():
             ni, pi = sel // hw, sel % hw
-            gi, gw = self._exact(x[ni, :, pi], row.index_select(0, sel), tabs)  # [P',K]
-            pm[sel], out_w[ni, :, pi] = gi, gw.to(out_w.dtype)
+            gi, gd = self._general(x[ni, :, pi], tabs)  # [P',K]
+            pm[sel], out_w[ni, :, pi] = gi, self._weights(gd).to(out_w.dtype)
         return SoftEncoding(pm.view(n, h, w, k).permute(0, 3, 1, 2), out_w.view(n, k, h, w), num_bins=q)
 
 

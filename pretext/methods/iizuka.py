@@ -177,17 +177,22 @@ class Iizuka(Method):
         lab = to_lab(images, device)  # [n,3,H,W]
         return normalize_l(lab[:, :1]), lab[:, 1:], labels
 
-    def _loss(self, pred: torch.Tensor, hidden: torch.Tensor, ab: torch.Tensor, labels: torch.Tensor):
+    def _outputs(self, lightness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(normalised ab [n,2,h,w], class logits [n,K] or None)."""
+        pred, hidden = self.network(lightness)
+        return pred, (self.head_class(hidden) if self.num_classes else None)
+
+    def _loss(self, pred: torch.Tensor, logits: torch.Tensor | None, ab: torch.Tensor, labels: torch.Tensor):
         target = normalise_ab(resample_ab(ab, tuple(pred.shape[-2:])))  # [n,2,h,w]
-        logits = self.head_class(hidden).float() if self.num_classes else None
+        logits = None if logits is None else logits.float()
         return iizuka_loss(pred.float(), target, colorful_mask(ab), logits, labels, self.alpha)
 
     def forward(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         lightness, ab, labels = self._inputs(batch, ctx.device)
         x = lightness.contiguous(memory_format=torch.channels_last) if ctx.channels_last else lightness
         with ctx.autocast():
-            pred, hidden = self.network(x)
-        loss, _ = self._loss(pred, hidden, ab, labels)
+            pred, logits = self._outputs(x)
+        loss, _ = self._loss(pred, logits, ab, labels)
         return loss, {"colourful": int(colorful_mask(ab).sum())}
 
     # -- evaluation ----------------------------------------------------------------------
@@ -212,8 +217,8 @@ class Iizuka(Method):
         mask = colorful_mask(ab)
         if not mask.any():
             return None
-        pred, hidden = self.network(lightness)
-        loss, parts = self._loss(pred, hidden, ab, labels)
+        pred, logits = self._outputs(lightness)
+        loss, parts = self._loss(pred, logits, ab, labels)
         gray, _ = iizuka_loss(torch.full_like(pred, AB_SHIFT / AB_SCALE).float(),
                               normalise_ab(resample_ab(ab, tuple(pred.shape[-2:]))), mask)
         n = int(mask.sum())

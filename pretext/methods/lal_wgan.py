@@ -133,7 +133,8 @@ class LalWGAN(Zhang):
     def __init__(self, trunk: nn.Module, loss: str = "full", num_classes: int = 1000, lambda_co: float = 1.0,
                  lambda_cl: float = 0.003, lambda_g: float = 0.1, critic: str = "clip", n_critic: int = 5,
                  clip: float = 0.01, gp_lambda: float = 10.0, critic_lr: float | None = None,
-                 critic_channels: int = 64, **zhang_kwargs):
+                 critic_channels: int = 64, k: int = 5, sigma: float = 5.0, head: str = "auto", lam: float = 0.5,
+                 prior_sigma: float = 5.0, target_sampling: str = "point"):
         if loss not in ("full", "class"):
             raise ValueError(f"lal_wgan: loss must be 'full' or 'class' (the critic sees the annealed mean of the "
                              f"313-bin distribution), got {loss!r}")
@@ -142,7 +143,8 @@ class LalWGAN(Zhang):
         if int(n_critic) < 1 or int(num_classes) < 1 or clip <= 0:
             raise ValueError(f"lal_wgan: n_critic ({n_critic}) and num_classes ({num_classes}) must be >= 1, "
                              f"clip ({clip}) > 0")
-        super().__init__(trunk, loss=loss, **zhang_kwargs)
+        super().__init__(trunk, loss=loss, k=k, sigma=sigma, head=head, lam=lam, prior_sigma=prior_sigma,
+                         target_sampling=target_sampling)  # Zhang's generator, targets and prior
         self.num_classes, self.n_critic, self.critic_kind = int(num_classes), int(n_critic), critic
         self.lambdas = (float(lambda_co), float(lambda_cl), float(lambda_g))
         self.clip, self.gp_lambda = float(clip), float(gp_lambda)
