@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from downstream.supervised import SupervisedConfig, save_trunk, train_loader, train_supervised
-from downstream.user_encoders import RESNET_TAPS, build_user_encoder, file_sha256
+from downstream.user_encoders import RESNET_TAPS, build_user_encoder
+from pretext.engine.checkpoint import file_sha256
 from pretext.color.targets import to_lab
 from pretext.data.loader import make_loader, train_transform, val_transform
 from pretext.data.sources import DataConfig, source_for
@@ -239,7 +240,12 @@ def _init_fresh(cfg: TrunkConfig, trunk: Trunk, data: DataConfig, num_classes, d
 # ---------------------------------------------------------------------------- command line
 
 def add_trunk_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--init``, ``--checkpoint``, ``--weights``, ``--key-prefix``: the same in every harness."""
+    """``--init``, ``--checkpoint``, ``--weights``, ``--key-prefix`` (the trunk), ``--method``
+    (its label in the records) and ``--run-dir``: the same in every harness."""
+    parser.add_argument("--method", help="label in the run records (default: colorization for a checkpoint, "
+                                         "the baseline's name, or ARCH for timm:ARCH / torchvision:ARCH)")
+    parser.add_argument("--run-dir", help="run directory (default: under the config's out_dir, named after it "
+                                          "and the method)")
     g = parser.add_argument_group("trunk (the encoder under test)")
     g.add_argument("--init", help="checkpoint (default: a colorbench checkpoint, --checkpoint); gaussian, kmeans, "
                                   "supervised (baselines built here); timm:ARCH or torchvision:ARCH (your own "
@@ -254,5 +260,5 @@ def add_trunk_arguments(parser: argparse.ArgumentParser) -> None:
 
 def trunk_overrides(args: argparse.Namespace) -> dict:
     """The trunk flags as config overrides: ``config_from_args(Cfg, args, **trunk_overrides(args))``."""
-    return {"trunk.init": args.init, "trunk.checkpoint": args.checkpoint, "trunk.weights": args.weights,
+    return {"method": args.method, "trunk.init": args.init, "trunk.checkpoint": args.checkpoint, "trunk.weights": args.weights,
             "trunk.key_prefix": args.key_prefix}

@@ -22,7 +22,6 @@ torchvision the nominal power of two of 224 / the tap's side at 224 px.
 from __future__ import annotations
 
 import errno
-import hashlib
 import math
 from collections import Counter
 from pathlib import Path
@@ -31,17 +30,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from pretext.engine.checkpoint import file_sha256
+
 CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.")
 RESNET_TAPS = ["conv1", "res2", "res3", "res4", "res5"]
 
-
-def file_sha256(path: str | Path) -> str:
-    """The first 16 hex digits of a file's sha256 (names the weights in run records)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 class UserEncoder(nn.Module):

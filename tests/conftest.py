@@ -24,3 +24,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def build_or_skip(method: str, trunk):
+    """``build_method``, or skip the pair when the method refuses that trunk with its clear
+    ValueError (e.g. Liang et al.'s patch model needs its own stride-1 networks)."""
+    from pretext.methods import build_method
+
+    try:
+        return build_method(method, trunk)
+    except ValueError as exc:
+        assert trunk.encoder_name in str(exc)  # the refusal names the trunk it cannot use
+        pytest.skip(f"{method} refuses {trunk.encoder_name}: {exc}")

@@ -129,7 +129,7 @@ def builtin_voc(tmp_path_factory):
     from pretext.data.synthetic.generate import make_dataset
 
     root = tmp_path_factory.mktemp("seg_builtin")
-    make_dataset(root, size=64, num_train=1, num_val=1, num_voc=64, verbose=False)  # 16 train, 16 val
+    make_dataset(root, size=64, num_train=1, num_val=1, num_voc=64, verbose=False)  # 16 train, 16 val, 32 test
     return root / "VOCdevkit" / "VOC2007"
 
 
@@ -204,7 +204,7 @@ def test_segment_then_seg_eval(builtin_voc, tmp_path):
                 "--set", "batch_size=8", "--set", "data.num_workers=0", "--set", "variant=fcn16s"]) == 0
     gt = builtin_voc / "SegmentationClass"
     preds = sorted(os.listdir(run / "predictions"))
-    assert preds == sorted(f"{i}.png" for i in seg_ids(str(builtin_voc), "val"))   # the truth's names
+    assert preds == sorted(f"{i}.png" for i in seg_ids(str(builtin_voc), "test"))  # seg_tiny scores test: names kept
     assert Image.open(run / "predictions" / preds[0]).mode == "P"
     assert Image.open(run / "examples.png").size[0] >= 3 * 128
     metrics = json.loads((run / "metrics.json").read_text())

@@ -208,7 +208,6 @@ def records(cfg: DetConfig, trunk, result: dict) -> list[dict]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "configs/downstream/det_tiny.yaml")
     add_trunk_arguments(parser)
-    parser.add_argument("--run-dir", help="run directory (default: runs/<config name>_<method>)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -273,15 +273,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "configs/downstream/probe_tiny.yaml (built-in data, CPU minutes), "
                                  "probe_imagenet_alexnet.yaml / probe_imagenet_resnet50.yaml (the full protocol)")
     add_trunk_arguments(parser)
-    parser.add_argument("--method", help="label in the run records (default: colorization for a checkpoint, "
-                                         "the baseline's name, or ARCH for timm:ARCH / torchvision:ARCH)")
-    parser.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME-METHOD)")
 
 
 def run(args: argparse.Namespace) -> int:
     """The ``colorbench probe`` command; user errors (ValueError ...) go to the CLI's one-line report."""
     try:
-        main(config_from_args(ProbeConfig, args, method=args.method, **trunk_overrides(args)), sys.argv, args.run_dir)
+        main(config_from_args(ProbeConfig, args, **trunk_overrides(args)), sys.argv, args.run_dir)
     except TrunkChangedError as exc:  # not a user error: the run itself went wrong
         print(f"colorbench probe: {exc}", file=sys.stderr)
         return 1

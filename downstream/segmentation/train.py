@@ -36,11 +36,11 @@ from tqdm import tqdm
 
 from downstream.metrics import ConfusionMatrix
 from downstream.segmentation.data import collate, segmentation_set, split_label, train_transforms
-from downstream.segmentation.model import VARIANTS, FCN
+from downstream.segmentation.model import FCN, VARIANTS
 from downstream.segmentation.outputs import save_label_png, save_side_by_side
 from downstream.segmentation.seg_eval import class_names, report
-from downstream.trunks import TrunkConfig, add_trunk_arguments, build_trunk, check_trunk_config, default_method, \
-    trunk_overrides
+from downstream.trunks import (TrunkConfig, add_trunk_arguments, build_trunk, check_trunk_config, default_method,
+                               trunk_overrides)
 from pretext.data.loader import SeededAugmentation, SkipCounter, StepBatchSampler
 from pretext.data.sources import DataConfig
 from pretext.data.voc import SEG_IGNORE
@@ -270,14 +270,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "configs/downstream/seg_tiny.yaml (built-in data, CPU minutes) or "
                                  "seg_alexnet.yaml (the full protocol on VOC 2012)")
     add_trunk_arguments(parser)
-    parser.add_argument("--method", help="label in the run records (default: colorization for a checkpoint, "
-                                         "the baseline's name, or ARCH for timm:ARCH / torchvision:ARCH)")
-    parser.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME-METHOD)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        main(config_from_args(SegConfig, args, method=args.method, **trunk_overrides(args)), sys.argv, args.run_dir)
+        main(config_from_args(SegConfig, args, **trunk_overrides(args)), sys.argv, args.run_dir)
     finally:
         dist_utils.cleanup()
     return 0

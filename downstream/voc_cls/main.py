@@ -120,12 +120,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "svm: LinearSVC per class on each frozen tap, cost by 3-fold CV, AP = area under "
                              "the monotone precision envelope (>= sklearn's AP on the same scores)")
     add_trunk_arguments(parser)
-    parser.add_argument("--method", help="label in the run records (default: colorization for a checkpoint, "
-                                         "else the init's name)")
-    parser.add_argument("--run-dir", help="run directory (default: OUT_DIR/NAME-PROTOCOL-METHOD)")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(VocClsConfig, args, protocol=args.protocol, method=args.method, **trunk_overrides(args))
+    cfg = config_from_args(VocClsConfig, args, protocol=args.protocol, **trunk_overrides(args))
     main(cfg, sys.argv, args.run_dir)
     return 0

@@ -155,7 +155,8 @@ def train_svms(cfg, train_file: dict, train_valid: np.ndarray, train_lbl, test_f
         warnings.simplefilter("ignore", ConvergenceWarning)
         found = pool(delayed(cv_ap)(train_file[t], *per_class[k], c, plan_folds(per_class[k][1], s.folds),
                                     s.pos_weight, s.max_iter) for t, k, c in search)
-        cv = dict(zip(search, tqdm(found, total=len(search), desc="svm cost search", unit="task")))
+        # exhaust the generator even when there is no task (a pool stays busy until its generator ends)
+        cv = dict(zip(search, list(tqdm(found, total=len(search), desc="svm cost search", unit="task"))))
         best, refit = {}, []
         for t, k in product(taps, range(len(classes))):
             y = per_class[k][1]

@@ -24,7 +24,6 @@ the padding is 0 in x, not in u).
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,14 +71,6 @@ def check_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, .
     if problems:
         raise ValueError(f"not {what}: " + "; ".join(problems))
 
-
-def file_sha256(path: str | Path) -> str:
-    """The first 16 hex digits of a file's sha256 (names the source in the payload)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def check_out(path: str | Path, overwrite: bool) -> Path:

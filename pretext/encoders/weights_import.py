@@ -42,11 +42,11 @@ from pretext.encoders.weights import (
     DETECTRON2_PREFIX,
     check_out,
     check_state,
-    file_sha256,
     read_state_dict,
     resnet_key_map,
 )
 from pretext.engine.checkpoint import (
+    file_sha256,
     load_state_strict,
     save_checkpoint,
     trunk_checkpoint,

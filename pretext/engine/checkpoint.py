@@ -21,6 +21,7 @@ is converted on load by ``upgrade_v1``, so old checkpoints keep working.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -59,6 +60,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def file_sha256(path: str | Path) -> str:
+    """The first 16 hex digits of a file's sha256 (names weights and sources in records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:

@@ -109,6 +109,8 @@ def colorization_net(cin: int, width: float) -> nn.Sequential:
 
 @register_method("iizuka")
 class Iizuka(Method):
+    summary = ("Iizuka et al. 2016 · MSE on normalised ab + 1/300 x class CE on the global branch (when labels) "
+               "· sigmoid ab at 1/2 resolution, fused global + mid-level features")
     decoders = ()  # ab regression: one deterministic output
 
     def __init__(self, trunk: nn.Module, num_classes: int = 0, alpha: float = 1 / 300, global_size: int = 224):

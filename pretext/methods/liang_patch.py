@@ -91,6 +91,8 @@ def guided_refine(uv: torch.Tensor, guide: torch.Tensor, radius: int = 40, eps: 
 
 @register_method("liang_patch")
 class LiangPatch(Method):
+    summary = ("Liang et al. 2016 · MSE, then MSE / log loss in turn, on the centre 56x56 U and V of 64x64 Y "
+               "patches · YUV tiles -> guided filter -> ab")
     decoders = ()  # U / V regression: one deterministic output
 
     def __init__(self, trunk: nn.Module, patch: int = 64, core: int = 56, mse_iterations: int = 100,
