@@ -177,7 +177,9 @@ def _worker_init() -> None:
 
 def run_search(jobs: list[tuple], workers: int, desc: str = "selective search") -> float:
     """Run ``_search_one`` over ``jobs`` with a tqdm bar; returns the images per second.
-    Workers are forked: they run OpenCV and NumPy only, never torch."""
+    Workers come from a fork server (a clean process started before any thread): forking
+    the caller itself deadlocks when its OpenMP / OpenCV thread pools hold a lock at the
+    fork (measured: a hang under pytest without OMP_NUM_THREADS=1)."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -188,7 +190,7 @@ def run_search(jobs: list[tuple], workers: int, desc: str = "selective search") 
                 _search_one(job)
                 bar.update()
         else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
             with ctx.Pool(workers, initializer=_worker_init) as pool:
                 for _ in pool.imap_unordered(_search_one, jobs, chunksize=2):
                     bar.update()
