@@ -348,3 +348,21 @@ def test_detect_then_det_eval_end_to_end(tmp_path, one_thread):
     assert sorted(r["layer"] for r in metrics["records"] if r["metric"] == "AP") == with_objects
     (run / "results" / "comp4_det_test_bar.txt").write_text("000002 0.5 1 1 5\n")
     assert cli(["det-eval", "--voc-root", str(tmp_path / "data"), "--dets", str(run / "results")]) == 2
+
+
+def test_parallel_proposals_match_the_serial_ones(tmp_path):
+    """Two worker processes (from a fork server: forking a process whose OpenMP pools hold a
+    lock deadlocks) give the same cached boxes as one process."""
+    torch.set_num_threads(2)  # the thread pools that made a forked worker hang
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    voc = write_devkit(tmp_path, {"a": [], "b": [], "c": []})
+    items = [(i, f"{voc}/JPEGImages/{i}.jpg") for i in "abc"]
+    boxes = {}
+    for workers in (1, 2):
+        cfg = P.ProposalConfig(mode="single", k=50, min_side=0, cache_dir=str(tmp_path / f"cache{workers}"),
+                               workers=workers)
+        P.cached_selective_search(items, cfg, voc, say=lambda s: None)
+        folder = P.ProposalCache(cfg, voc).folder
+        boxes[workers] = {i: np.load(folder / f"{i}.npz")["boxes"] for i in "abc"}
+    for i in "abc":
+        assert np.array_equal(boxes[1][i], boxes[2][i]) and len(boxes[1][i]) > 0
