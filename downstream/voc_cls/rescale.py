@@ -93,7 +93,7 @@ def krahenbuhl_rescale(net, train_src, train_lbl, loss_fn, rcfg, device, seed: i
         say(f"rescale: trainable convs without a BatchNorm after them are left as they are: {skipped}")
     if not layers:
         return {"layers": 0, "skipped": skipped}
-    batch = min(16, rcfg.images)
+    batch = max(1, min(16, rcfg.images, len(train_src)))  # a tiny training set still calibrates
     loader = train_loader(train_src, batch, max(1, rcfg.images // batch), seed + 7, 0)
     batches = [(net.trunk.prepare(b["image"], device), targets(train_lbl, b["index"], device))
                for b in loader if b["index"].numel()]
