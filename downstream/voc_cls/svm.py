@@ -29,16 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from joblib import Parallel, delayed
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import StratifiedKFold
-from sklearn.svm import LinearSVC
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from downstream.metrics import mean_ap, voc_ap
+from downstream.metrics import mean_ap
 from downstream.probe.feature_cache import FeatureCache, state_fingerprint
 from downstream.probe.heads import build_pool_specs, freeze
 from downstream.voc_cls.data import class_aps, image_source
+from downstream.voc_cls.svm_fit import cv_ap, fit_and_score
 from pretext.data.loader import make_loader, val_transform
 
 
@@ -82,44 +79,6 @@ def hash_ids(ids: list[str]) -> str:
     return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------- one SVM task
-
-def _features(path: str, rows: np.ndarray) -> np.ndarray:
-    return np.asarray(np.load(path, mmap_mode="r")[rows], dtype=np.float64)  # [n, D]: liblinear works in float64
-
-
-def _svc(cost: float, pos_weight: float, max_iter: int) -> LinearSVC:
-    return LinearSVC(C=cost, loss="squared_hinge", penalty="l2", dual=True, class_weight={1: pos_weight, -1: 1},
-                     intercept_scaling=1.0, tol=1e-4, max_iter=max_iter, random_state=0)  # liblinear shuffles: seeded
-
-
-def _fit(X: np.ndarray, y: np.ndarray, cost: float, pos_weight: float, max_iter: int) -> tuple[LinearSVC, bool]:
-    """(fitted SVM, whether liblinear hit ``max_iter``: counted, its ConvergenceWarning muted
-    by ``train_svms``; ``warnings.catch_warnings`` is not thread-safe)."""
-    clf = _svc(cost, pos_weight, max_iter).fit(X, y)
-    return clf, int(clf.n_iter_) >= max_iter
-
-
-def cv_ap(path: str, rows: np.ndarray, y: np.ndarray, cost: float, folds: int, pos_weight: float,
-          max_iter: int) -> tuple[float, int]:
-    """Mean cross-validated AP (area) of one class and cost: ``rows`` of the feature file
-    with labels ``y`` in {1, -1}; returns (AP, fits that did not converge)."""
-    X = _features(path, rows)
-    aps, unconverged = [], 0
-    for tr, va in StratifiedKFold(folds).split(X, y):
-        clf, bad = _fit(X[tr], y[tr], cost, pos_weight, max_iter)
-        unconverged += bad
-        aps.append(voc_ap(clf.decision_function(X[va]), y[va], "area"))
-    return float(np.mean(aps)), unconverged
-
-
-def fit_and_score(train_path: str, rows: np.ndarray, y: np.ndarray, test_path: str, test_rows: np.ndarray,
-                  cost: float, pos_weight: float, max_iter: int) -> tuple[np.ndarray, int]:
-    """Refit on all of ``rows`` and score ``test_rows``: (scores [n_test], unconverged)."""
-    clf, bad = _fit(_features(train_path, rows), y, cost, pos_weight, max_iter)
-    return clf.decision_function(_features(test_path, test_rows)), int(bad)
-
-
 # ---------------------------------------------------------------------------- the protocol
 
 def class_rows(valid: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -148,11 +107,8 @@ def train_svms(cfg, train_file: dict, train_valid: np.ndarray, train_lbl, test_f
               if plan_folds(per_class[k][1], s.folds) >= 2]
     say(f"svm: {len(taps)} taps x {len(classes)} classes x {len(s.costs)} costs, {s.folds}-fold CV "
         f"({len(search)} tasks, n_jobs {n_jobs})")
-    # Threads: liblinear trains without the GIL, and threads share the memory-mapped
-    # features (worker processes would each import torch and copy them).
-    with (warnings.catch_warnings(), threadpool_limits(1),
-          Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator") as pool):
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    # worker processes (downstream.voc_cls.svm_fit says why not threads), reused for the refits
+    with Parallel(n_jobs=n_jobs, return_as="generator") as pool:
         found = pool(delayed(cv_ap)(train_file[t], *per_class[k], c, plan_folds(per_class[k][1], s.folds),
                                     s.pos_weight, s.max_iter) for t, k, c in search)
         # exhaust the generator even when there is no task (a pool stays busy until its generator ends)

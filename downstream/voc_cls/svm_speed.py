@@ -1,5 +1,5 @@
 """Speed of the SVM protocol's cost search: ``train_svms`` (classes x costs x folds as
-joblib thread tasks over memory-mapped features) against a plain sequential sklearn
+joblib worker-process tasks over memory-mapped features) against a plain sequential sklearn
 loop over the same features in memory, in one run; the APs must be identical.
 
     python -m downstream.voc_cls.svm_speed                  # 20 classes x 5 costs x 3 folds
@@ -21,9 +21,11 @@ from types import SimpleNamespace
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from downstream.metrics import voc_ap
-from downstream.voc_cls.svm import _fit, class_rows, plan_folds, train_svms
+from downstream.voc_cls.svm import class_rows, plan_folds, train_svms
+from downstream.voc_cls.svm_fit import fit
 
 
 def synthetic(images: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,11 +50,11 @@ def sequential(x: np.ndarray, labels: np.ndarray, test: np.ndarray, costs, folds
         for c in costs:
             aps = []
             for tr, va in StratifiedKFold(n).split(X, y):
-                clf, _ = _fit(X[tr], y[tr], c, pos_weight, max_iter)
+                clf, _ = fit(X[tr], y[tr], c, pos_weight, max_iter)
                 aps.append(voc_ap(clf.decision_function(X[va]), y[va], "area"))
             cv[(k, c)] = float(np.mean(aps))
         best = max((cv[(k, c)], -i, c) for i, c in enumerate(costs))[2]
-        scores[:, k] = _fit(X, y, best, pos_weight, max_iter)[0].decision_function(test.astype(np.float64))
+        scores[:, k] = fit(X, y, best, pos_weight, max_iter)[0].decision_function(test.astype(np.float64))
     return cv, scores
 
 
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         np.save(path, x)
         test = np.arange(min(200, a.images))  # refits score the first images: scores must match too
         start = time.perf_counter()
-        ref, ref_scores = sequential(x, labels, x[test], a.costs, 3, 2.0, 2000)
+        with threadpool_limits(1):  # one core, as each parallel task (BLAS threads would change sums)
+            ref, ref_scores = sequential(x, labels, x[test], a.costs, 3, 2.0, 2000)
         t_seq = time.perf_counter() - start
         start = time.perf_counter()
         out = train_svms(cfg, {"f": path}, np.arange(a.images), lbl, {"f": path}, test, len(test), lambda s: None)
