@@ -249,6 +249,29 @@ def test_finetune_fc6_8_end_to_end_leaves_the_trunk_alone(builtin, tmp_path, one
 
 
 @pytest.mark.slow
+def test_parallel_cost_search_equals_a_sequential_sklearn_loop(tmp_path):
+    """Worker processes, memory-mapped features: the same costs, CV APs and test scores as
+    nested loops over the features in memory (liblinear is seeded; one BLAS thread each)."""
+    from types import SimpleNamespace
+
+    from downstream.voc_cls.svm import train_svms
+    from downstream.voc_cls.svm_speed import sequential, synthetic
+
+    x, labels = synthetic(150, 64, 3, seed=1)
+    np.save(tmp_path / "f.npy", x)
+    costs = [0.01, 1.0, 100.0]
+    cfg = SimpleNamespace(svm=SimpleNamespace(costs=costs, folds=3, pos_weight=2.0, max_iter=2000, n_jobs=2))
+    lbl = SimpleNamespace(labels=labels, classes=["a", "b", "c"])
+    out = train_svms(cfg, {"t": str(tmp_path / "f.npy")}, np.arange(150), lbl, {"t": str(tmp_path / "f.npy")},
+                     np.arange(40), 40, lambda s: None)["t"]
+    ref, ref_scores = sequential(x, labels, x[:40], costs, 3, 2.0, 2000)
+    for k, name in enumerate(lbl.classes):
+        best = max((ref[(k, c)], -i, c) for i, c in enumerate(costs))
+        assert out["costs"][name] == best[2] and out["cv_ap"][name] == pytest.approx(100 * best[0])
+    assert np.array_equal(out["scores"], ref_scores)
+
+
+@pytest.mark.slow
 def test_svm_end_to_end_one_record_set_per_tap(builtin, tmp_path, one_thread):
     assert _cli(*_tiny_args(builtin, tmp_path, "svm", "--set", "svm.costs=[0.1,10.0]")) == 0
     out = json.loads((tmp_path / "svm" / "metrics.json").read_text())

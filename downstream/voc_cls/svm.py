@@ -28,14 +28,15 @@ from itertools import product
 import numpy as np
 import torch
 import torch.nn.functional as F
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from downstream.metrics import mean_ap
+from downstream.metrics import mean_ap, voc_ap
 from downstream.probe.feature_cache import FeatureCache, state_fingerprint
 from downstream.probe.heads import build_pool_specs, freeze
 from downstream.voc_cls.data import class_aps, image_source
-from downstream.voc_cls.svm_fit import cv_ap, fit_and_score
+from downstream.voc_cls.svm_fit import cv_scores, fit_and_score
 from pretext.data.loader import make_loader, val_transform
 
 
@@ -90,6 +91,11 @@ def class_rows(valid: np.ndarray, labels: np.ndarray) -> list[tuple[np.ndarray, 
     return out
 
 
+def fold_ap(scores: np.ndarray, fold: np.ndarray, unconverged: int, y: np.ndarray) -> tuple[float, int]:
+    """(mean over folds of the held-out AP (envelope area), unconverged fits)."""
+    return float(np.mean([voc_ap(scores[fold == f], y[fold == f], "area") for f in np.unique(fold)])), unconverged
+
+
 def plan_folds(y: np.ndarray, folds: int) -> int:
     """Stratified folds possible for labels ``y`` (0 or 1: no cross-validation)."""
     return min(folds, int((y == 1).sum()), int((y == -1).sum()))
@@ -105,14 +111,18 @@ def train_svms(cfg, train_file: dict, train_valid: np.ndarray, train_lbl, test_f
     per_class = class_rows(train_valid, train_lbl.labels)
     search = [(t, k, c) for t, k, c in product(taps, range(len(classes)), s.costs)
               if plan_folds(per_class[k][1], s.folds) >= 2]
+    search.sort(key=lambda task: -task[2])  # large costs train longest: first, so no long task is left for last
     say(f"svm: {len(taps)} taps x {len(classes)} classes x {len(s.costs)} costs, {s.folds}-fold CV "
         f"({len(search)} tasks, n_jobs {n_jobs})")
-    # worker processes (downstream.voc_cls.svm_fit says why not threads), reused for the refits
-    with Parallel(n_jobs=n_jobs, return_as="generator") as pool:
-        found = pool(delayed(cv_ap)(train_file[t], *per_class[k], c, plan_folds(per_class[k][1], s.folds),
-                                    s.pos_weight, s.max_iter) for t, k, c in search)
+    # worker processes on one BLAS thread each (downstream.voc_cls.svm_fit says why not
+    # threads), reused for the refits; with n_jobs 1 the same tasks run here, one thread too
+    with (threadpool_limits(1), parallel_config(backend="loky", inner_max_num_threads=1),
+          Parallel(n_jobs=n_jobs, return_as="generator") as pool):
+        found = pool(delayed(cv_scores)(train_file[t], *per_class[k], c, plan_folds(per_class[k][1], s.folds),
+                                        s.pos_weight, s.max_iter) for t, k, c in search)
         # exhaust the generator even when there is no task (a pool stays busy until its generator ends)
-        cv = dict(zip(search, list(tqdm(found, total=len(search), desc="svm cost search", unit="task"))))
+        found = list(tqdm(found, total=len(search), desc="svm cost search", unit="task"))
+        cv = {key: fold_ap(*r, per_class[key[1]][1]) for key, r in zip(search, found)}
         best, refit = {}, []
         for t, k in product(taps, range(len(classes))):
             y = per_class[k][1]

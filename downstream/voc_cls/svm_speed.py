@@ -42,7 +42,13 @@ def synthetic(images: int, dim: int, classes: int, seed: int) -> tuple[np.ndarra
 def sequential(x: np.ndarray, labels: np.ndarray, test: np.ndarray, costs, folds: int, pos_weight: float,
                max_iter: int) -> tuple[dict, np.ndarray]:
     """The reference: nested loops, features in memory, one fit at a time; then the
-    refit at each class's best cost scores ``test``. ({(class, cost): CV AP}, scores [T, K])."""
+    refit at each class's best cost scores ``test``. ({(class, cost): CV AP}, scores [T, K]).
+    One BLAS thread, as each worker (more threads would change the sums)."""
+    with threadpool_limits(1):
+        return _sequential(x, labels, test, costs, folds, pos_weight, max_iter)
+
+
+def _sequential(x, labels, test, costs, folds, pos_weight, max_iter):
     cv, scores = {}, np.zeros((len(test), labels.shape[1]))
     for k, (rows, y) in enumerate(class_rows(np.arange(len(x)), labels)):
         X = x[rows].astype(np.float64)
@@ -75,8 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         np.save(path, x)
         test = np.arange(min(200, a.images))  # refits score the first images: scores must match too
         start = time.perf_counter()
-        with threadpool_limits(1):  # one core, as each parallel task (BLAS threads would change sums)
-            ref, ref_scores = sequential(x, labels, x[test], a.costs, 3, 2.0, 2000)
+        ref, ref_scores = sequential(x, labels, x[test], a.costs, 3, 2.0, 2000)
         t_seq = time.perf_counter() - start
         start = time.perf_counter()
         out = train_svms(cfg, {"f": path}, np.arange(a.images), lbl, {"f": path}, test, len(test), lambda s: None)
