@@ -19,7 +19,10 @@ The loop calls, in order:
   method itself): calling it runs ``forward`` with gradient synchronisation;
 * ``validation_step(batch)`` on held-out batches (losses and a colorization);
 * ``predict_ab(l, decoder, **options)`` for colorize / eval-color: ab at the method's
-  output size (``options``: method-specific, e.g. another image's global features).
+  output size (``options``: method-specific, e.g. another image's global features);
+* ``sample_ab(l, samples, seed)`` for methods that draw colorizations from a
+  distribution (``stochastic = True``, e.g. PixColor's autoregressive model): several
+  diverse colorizations per image, reproducible from ``seed``.
 
 A batch is a dict: ``image`` uint8 RGB [n,3,H,W], ``label`` int64 [n] (-1: no label;
 methods with a classification loss use it when present), plus the loader's bookkeeping.
@@ -99,6 +102,9 @@ class ValidationOutput:
 class Method(nn.Module):
     method_name = "?"  # set by register_method
     decoders: tuple[str, ...] = ()  # predict_ab's decoder names; () = one deterministic output
+    # True: the method draws colorizations (sample_ab); its predict_ab is sample 0 of seed 0
+    # unless a decoder says otherwise, and eval-color reports the spread over samples
+    stochastic: bool = False
     # one line for `colorbench methods`: "paper · loss · output" (every registered method sets it)
     summary: str = ""
 
@@ -163,6 +169,13 @@ class Method(nn.Module):
         """Normalised L [N,1,H,W] -> ab [N,2,h,w] at the method's output size. ``options``
         are method-specific; a method given one it does not know raises ValueError."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_ab(self, lightness: torch.Tensor, samples: int, seed: int = 0, **options) -> torch.Tensor:
+        """Stochastic methods: normalised L [N,1,H,W] -> ``samples`` colorizations per image,
+        ab [N,samples,2,h,w] at the method's output size; the same ``seed`` and input give the
+        same samples, on the caller's global RNG untouched."""
+        raise ValueError(f"{self.method_name} predicts one colorization per image; it does not sample")
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """Spatial size of ``predict_ab`` for an H x W input (default: the deepest tap)."""
