@@ -8,6 +8,11 @@ published reference rows (``benchmarks.reference``), and writes one table per
 A row says where it comes from: ``published (source)`` or ``run <id>, <date>``.
 Data sets are never mixed: a built-in-data result only appears in the built-in table.
 Records of another schema or half-written runs are reported and skipped.
+
+A stochastic method's Table 1 row (eval-color scores each of its sampled colorizations)
+carries ``auc_std`` ... beside the means: the md and tex tables print such cells as
+``mean ± std``; the csv keeps the means and the ``*_std`` columns as numbers. Rows without
+a spread (deterministic methods, baselines, published rows) print as before.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from benchmarks.reference import PASCAL_PROTOCOLS, published_records
 from pretext.engine.runs import RECORD_FIELDS, RECORD_SCHEMA
 
 TABLE1_COLUMNS = ("params_mb", "feature_mb", "runtime_ms", "auc", "rebalanced_auc", "psnr", "classifier_top1")
+STD_COLUMNS = tuple(f"{c}_std" for c in ("auc", "rebalanced_auc", "psnr", "classifier_top1"))  # stochastic rows
 FORMATS = ("md", "csv", "tex")
 
 
@@ -91,12 +97,26 @@ def _layer_order(layer: str) -> tuple:
 
 def table1(records: list[dict]) -> dict[str, pd.DataFrame]:
     rows = [r for r in records if r["suite"] == "colorization" and r["protocol"] == "table1"
-            and r["metric"] in TABLE1_COLUMNS + ("amt_fooled_pct",) and r["method"]]
+            and r["metric"] in TABLE1_COLUMNS + STD_COLUMNS + ("amt_fooled_pct",) and r["method"]]
     # a realism study's "labelled real %" (colorbench study report) is the paper's AMT "fooled" column
     rows += [dict(r, metric="amt_fooled_pct") for r in records if r["suite"] == "colorization"
              and r["protocol"] == "realism_2afc" and r["metric"] == "labelled_real" and r["method"]]
-    return {f"table1_{d}": _pivot([r for r in rows if r["dataset"] == d], list(TABLE1_COLUMNS) + ["amt_fooled_pct"], "metric")
+    columns = list(TABLE1_COLUMNS) + ["amt_fooled_pct", *STD_COLUMNS]
+    return {f"table1_{d}": _pivot([r for r in rows if r["dataset"] == d], columns, "metric")
             for d in sorted({r["dataset"] for r in rows})}
+
+
+def with_spread(table: pd.DataFrame, digits: int = 2, pm: str = "±") -> pd.DataFrame:
+    """Columns ``c`` with a ``c_std`` beside them printed as ``mean ± std`` where the std is
+    known (a stochastic row), as the plain mean elsewhere; the ``*_std`` columns dropped."""
+    spread = [c for c in table.columns if f"{c}_std" in table.columns]
+    if not spread:
+        return table
+    out = table.drop(columns=[f"{c}_std" for c in spread])
+    for c in spread:
+        out[c] = [v if pd.isna(v) else f"{v:.{digits}f}" if pd.isna(sd) else f"{v:.{digits}f} {pm} {sd:.{digits}f}"
+                  for v, sd in zip(table[c], table[f"{c}_std"])]
+    return out
 
 
 def best_layer_table(records: list[dict]) -> dict[str, pd.DataFrame]:
@@ -168,11 +188,12 @@ def build_tables(roots: list[Path], out: Path, formats: tuple[str, ...]) -> tupl
     out.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
         if "md" in formats:
-            (out / f"{name}.md").write_text(to_markdown(table, name))
+            (out / f"{name}.md").write_text(to_markdown(with_spread(table), name))
         if "csv" in formats:
             table.to_csv(out / f"{name}.csv")
         if "tex" in formats:
-            (out / f"{name}.tex").write_text(table.to_latex(float_format="%.1f", na_rep="--"))
+            shown = with_spread(table, 1, "$\\pm$")
+            (out / f"{name}.tex").write_text(shown.to_latex(float_format="%.1f", na_rep="--"))
         if name.startswith("probe_") and not name.startswith("probe_best") and len(table):
             plot_probe(table, f"Linear probes per layer ({name[6:]})", out / f"{name}.png")
     return tables, loaded

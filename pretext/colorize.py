@@ -2,7 +2,7 @@
 trained pretext checkpoint, through the method's ``predict_ab`` (``pretext.methods``).
 
     colorbench colorize photo.jpg old_photos/ --checkpoint runs/tiny/checkpoints/last.pt \
-        --out colorized/ [--decoder annealed] [--size 256] [--grid] [--overwrite]
+        --out colorized/ [--decoder annealed] [--size 256] [--grid] [--overwrite] [--samples N --seed S]
 
 Any size, aspect ratio and file mode (gray, RGB, RGBA, CMYK, 16-bit: see
 ``pretext.data.images.load_rgb``). A colour input is reduced to its L channel first.
@@ -21,24 +21,30 @@ config's ``data.resize``: the scale its objects were learnt at), else 256;
 ``--size 0`` runs at the native resolution. The working size is never below the
 trunk's minimum input (``min_size``, 35 for ``alexnet_cc``).
 
-``Colorizer.costs`` measures Table 1's cost columns (parameters, activation memory via
-forward hooks, runtime) for ``colorbench eval-color``.
+Table 1's cost columns (parameters, activation memory, runtime) are measured on a
+``Colorizer`` by ``downstream.color_quality.costs``.
 
 Checkpoints: any checkpoint with a pretext method (``load_method``); the method decides
-how a prediction becomes ab (Zhang's 313-bin heads by ``mean`` / ``mode`` /
-``annealed``, its ``l2`` head directly). A trunk-only checkpoint (supervised, k-means,
-an export) is refused by ``load_method`` with a clear ``CheckpointError``.
+how a prediction becomes ab: ``--decoder`` is any of the loaded method's ``decoders``
+(Zhang's ``mean`` / ``mode`` / ``annealed``, Larsson's ``median`` too), checked once the
+checkpoint is loaded; without ``--decoder`` the checkpoint's own ``decoder`` field (imported
+ECCV16 weights: ``mean``, the release's output), else ``annealed`` when the method has it,
+else its first. A method with one output (``decoders == ()``: an ``l2`` head, a stochastic
+method) ignores the decoder. A trunk-only checkpoint (supervised, k-means, an export) is
+refused by ``load_method`` with a clear ``CheckpointError``.
+
+Stochastic methods (``Method.stochastic``, e.g. Royer et al.) draw colorizations:
+``--samples N`` writes ``<name>_s<j>.png`` for j = 0..N-1 (sample j of ``--seed``, the same
+files on every run; sample 0 is what ``--samples 1`` writes as ``<name>.png``) and
+``--grid`` puts the samples side by side; N > 1 on a deterministic method is an error.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +58,7 @@ from pretext.data.images import BadImage, BadSample, load_rgb
 from pretext.data.sources import ImageSource, folder_samples
 from pretext.encoders import normalize_l
 from pretext.engine.config import git_revision
-from pretext.methods import Method, load_method
-from pretext.methods.zhang import DECODERS
+from pretext.methods import Method, build_method, list_methods, load_method
 
 DEFAULT_SIZE = 256  # the paper's ImageNet images: short side 256
 MIB = 2.0**20
@@ -69,6 +74,41 @@ def method_decoders(method: Method) -> tuple[str, ...]:
     return tuple(method.decoders)
 
 
+def registered_decoders() -> tuple[str, ...]:
+    """Every decoder name some registered method knows (built with its default kwargs),
+    in first-seen order: what eval-color's ``decoders`` may list before any checkpoint is
+    loaded. Methods are built on the meta device (no memory, ~0.1 s for all of them)."""
+    from pretext.encoders import build_encoder, list_encoders
+
+    names: dict[str, None] = {}
+    for name in list_methods():
+        for encoder in list_encoders():  # the first trunk the method accepts
+            try:
+                with torch.device("meta"):
+                    method = build_method(name, build_encoder(encoder, width=0.0625))
+            except ValueError:  # e.g. liang_patch refuses strided trunks
+                continue
+            names.update(dict.fromkeys(method.decoders))
+            break
+    return tuple(names)
+
+
+def resolve_decoder(method: Method, decoder: str | None, payload: dict | None = None) -> str:
+    """The decoder a colorizer uses: ``decoder`` when the method has it (else a one-line
+    ``ColorizeError`` naming the valid ones); None: the checkpoint's ``decoder`` field, else
+    ``annealed`` when the method has it, else its first. A method without decoders ignores it."""
+    valid = method_decoders(method)
+    if not valid:
+        return decoder or "annealed"  # passed on and ignored by predict_ab
+    if decoder is not None:
+        if decoder not in valid:
+            raise ColorizeError(f"decoder must be one of {', '.join(valid)} for {method_label(method)}, "
+                                f"got {decoder!r}")
+        return decoder
+    preferred = (payload or {}).get("decoder")
+    return next(d for d in (preferred, "annealed", valid[0]) if d in valid)
+
+
 def method_label(method: Method) -> str:
     """Record name of a method's rows (Zhang's keep the paper's ``colorization-<loss>``)."""
     return method.record_name
@@ -79,8 +119,10 @@ class Colorizer:
     """A loaded pretext method plus how to run it.
 
     ``size``: the short side the network sees (0 = native); ``decoder``: how the method
-    turns its prediction into ab (``DECODERS``; ignored by a method that regresses ab);
-    ``options``: method-specific ``predict_ab`` options (e.g. Iizuka's ``global_lightness``)."""
+    turns its prediction into ab (one of ``method.decoders``; ignored by a method with one
+    output); ``options``: method-specific ``predict_ab`` options (e.g. Iizuka's
+    ``global_lightness``); ``seed``: a stochastic method's seed (``predict_ab`` gives
+    sample 0 of it)."""
 
     method: Method
     payload: dict
@@ -88,6 +130,14 @@ class Colorizer:
     size: int
     decoder: str = "annealed"
     options: dict = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(self.method.stochastic)
+
+    def method_options(self) -> dict:
+        return {**self.options, "seed": self.seed} if self.stochastic else dict(self.options)
 
     @property
     def encoder(self) -> str:
@@ -127,61 +177,29 @@ class Colorizer:
         output size to the input's full resolution (``full_size=False``: not upsampled)."""
         self.method.eval()
         ab = self.method.predict_ab(self.network_input(lightness), decoder or self.decoder,
-                                    **self.options).float()  # [N,2,h,w]
+                                    **self.method_options()).float()  # [N,2,h,w]
         size = tuple(lightness.shape[-2:])
         if not full_size or tuple(ab.shape[-2:]) == size:
             return ab
         return F.interpolate(ab, size=size, mode="bilinear", align_corners=False)
 
-    def costs(self, decoder: str | None = None, runs: int = 10) -> dict:
-        """Table 1's cost columns, measured on one square image of the working size (256
-        when native): parameters and activations in MiB (float32), runtime in ms."""
-        side = max(self.size or DEFAULT_SIZE, getattr(self.method.trunk, "min_size", 1))
-        x = torch.rand(1, 1, side, side, generator=torch.Generator().manual_seed(0)).mul(100).to(self.device)
-        params = sum(p.numel() for p in self.method.parameters()) * 4 / MIB
-        decoder = decoder if decoder in DECODERS else None
-        feature = feature_memory_mb(self.method, normalize_l(x),
-                                    lambda z: self.method.predict_ab(z, decoder or self.decoder))
-        return {"params_mb": params, "feature_mb": feature, "runtime_ms": self.runtime_ms(x, decoder, runs),
-                "working_size": side}
-
-    def runtime_ms(self, x: torch.Tensor, decoder: str | None = None, runs: int = 10) -> float:
-        """Median ms of network + decoding on ``x`` (L [1,1,h,w] at the working size),
-        after 2 warm-up runs, CUDA synchronised."""
-        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-        times = []
-        for i in range(runs + 2):
-            sync()
-            start = time.perf_counter()
-            self.predict_ab(x, decoder, full_size=False)
-            sync()
-            if i >= 2:
-                times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
-
-
-def feature_memory_mb(model: torch.nn.Module, x: torch.Tensor,
-                      forward: Callable[[torch.Tensor], object] | None = None) -> float:
-    """MiB of every leaf module's output in one pass of ``forward(x)`` (default
-    ``model(x)``), 4 bytes a value; in-place results, which share their input's
-    storage, are counted once."""
-    outputs: list[torch.Tensor] = []  # kept alive so no storage is freed and reused mid-pass
-
-    def hook(module, inputs, out):
-        outputs.extend(t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor))
-    handles = [m.register_forward_hook(hook) for m in model.modules() if next(m.children(), None) is None]
-    try:
-        with torch.no_grad():
-            model.eval()
-            (forward or model)(x)
-    finally:
-        for h in handles:
-            h.remove()
-    sizes: dict[int, int] = {}
-    for t in outputs:
-        ptr = t.untyped_storage().data_ptr()
-        sizes[ptr] = max(sizes.get(ptr, 0), t.numel())
-    return sum(sizes.values()) * 4 / MIB
+    @torch.no_grad()
+    def sample_ab(self, lightness: torch.Tensor, samples: int, seed: int | None = None,
+                  full_size: bool = True) -> torch.Tensor:
+        """Stochastic methods: L in [0,100] [N,1,H,W] -> ``samples`` colorizations ab
+        [N,samples,2,H,W] of ``seed`` (default ``self.seed``), upsampled as ``predict_ab``."""
+        if not self.stochastic:
+            raise ColorizeError(f"{method_label(self.method)} is deterministic: it has one colorization per image, "
+                                f"not {samples} samples")
+        self.method.eval()
+        ab = self.method.sample_ab(self.network_input(lightness), samples, self.seed if seed is None else seed,
+                                   **self.options).float()  # [N,S,2,h,w]
+        size = tuple(lightness.shape[-2:])
+        if not full_size or tuple(ab.shape[-2:]) == size:
+            return ab
+        n, s = ab.shape[:2]
+        up = F.interpolate(ab.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+        return up.view(n, s, 2, *size)
 
 
 def default_size(payload: dict) -> int:
@@ -191,14 +209,13 @@ def default_size(payload: dict) -> int:
 
 
 def load_colorizer(path: str | os.PathLike, device: torch.device | str = "cpu", size: int | None = None,
-                   decoder: str = "annealed") -> Colorizer:
-    """Load a pretext checkpoint (strict, weights_only) as a ready-to-run ``Colorizer``.
-    A trunk-only checkpoint raises ``load_method``'s ``CheckpointError``."""
-    if decoder not in DECODERS:
-        raise ColorizeError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+                   decoder: str | None = None, seed: int = 0) -> Colorizer:
+    """Load a pretext checkpoint (strict, weights_only) as a ready-to-run ``Colorizer``;
+    ``decoder`` is checked against the loaded method's (``resolve_decoder``). A trunk-only
+    checkpoint raises ``load_method``'s ``CheckpointError``."""
     method, payload = load_method(os.fspath(path), map_location=device)
     size = default_size(payload) if size is None else int(size)
-    return Colorizer(method, payload, os.fspath(path), size, decoder)
+    return Colorizer(method, payload, os.fspath(path), size, resolve_decoder(method, decoder, payload), seed=int(seed))
 
 
 def use_global_from(colorizer: Colorizer, path: str) -> None:
@@ -214,7 +231,7 @@ def use_global_from(colorizer: Colorizer, path: str) -> None:
         raise ColorizeError(f"--global-from {exc}") from None
     g = colorizer.network_input(to_lab(image[None], colorizer.device)[:, :1])  # normalised L [1,1,h,w]
     colorizer.method.eval()
-    colorizer.method.predict_ab(g, colorizer.decoder, global_lightness=g)  # raises for methods without it
+    colorizer.method.predict_ab(g, colorizer.decoder, **colorizer.method_options(), global_lightness=g)  # raises for methods without it
     colorizer.options = {"global_lightness": g}
 
 
@@ -222,22 +239,30 @@ def use_global_from(colorizer: Colorizer, path: str) -> None:
 
 @dataclass
 class Colorized:
-    """Float RGB [3,H,W] in [0,1]: the result, the gray input, the original (None when gray)."""
+    """Float RGB [3,H,W] in [0,1]: the result, the gray input, the original (None when gray);
+    ``samples`` [S,3,H,W]: a stochastic method's S colorizations (None: one result)."""
 
     rgb: torch.Tensor
     gray: torch.Tensor
     original: torch.Tensor | None
+    samples: torch.Tensor | None = None
 
 
-def colorize_image(colorizer: Colorizer, image: torch.Tensor, gray_file: bool = False) -> Colorized:
-    """uint8 RGB [3,H,W] -> full-resolution L + upsampled predicted ab."""
+def colorize_image(colorizer: Colorizer, image: torch.Tensor, gray_file: bool = False, samples: int = 1) -> Colorized:
+    """uint8 RGB [3,H,W] -> full-resolution L + upsampled predicted ab (``samples`` > 1:
+    that many sampled colorizations, ``rgb`` the first)."""
     lab = to_lab(image[None], colorizer.device)  # [1,3,H,W]
     lightness, ab_true = lab[:, :1], lab[:, 1:]
-    ab = colorizer.predict_ab(lightness)  # [1,2,H,W]
-    rgb = lab_to_rgb(torch.cat([lightness, ab], 1))[0]
-    gray = lab_to_rgb(torch.cat([lightness, torch.zeros_like(ab)], 1))[0]
+    if samples > 1:
+        ab = colorizer.sample_ab(lightness, samples)[0]  # [S,2,H,W]
+        lightness = lightness.expand(samples, -1, -1, -1)  # [S,1,H,W]
+    else:
+        ab = colorizer.predict_ab(lightness)  # [1,2,H,W]
+    rgb = lab_to_rgb(torch.cat([lightness, ab], 1)).cpu()  # [S,3,H,W]
+    gray = lab_to_rgb(torch.cat([lightness[:1], torch.zeros_like(ab[:1])], 1))[0]
     had_colour = not gray_file and bool(colorful_mask(ab_true)[0])
-    return Colorized(rgb.cpu(), gray.cpu(), image.float().div(255) if had_colour else None)
+    return Colorized(rgb[0], gray.cpu(), image.float().div(255) if had_colour else None,
+                     rgb if samples > 1 else None)
 
 
 # ----------------------------------------------------------------------------- files
@@ -277,17 +302,22 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def save_outputs(result: Colorized, out: Path, name: str, grid: bool) -> Path:
-    target = out / f"{name}.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_image(result.rgb, target)
-    if grid:  # input gray | colorized | original (when it had colour)
-        panels = [result.gray, result.rgb] + ([result.original] if result.original is not None else [])
+    """``<name>.png`` (or ``<name>_s<j>.png`` per sample) and the grid; returns the first file."""
+    results = [result.rgb] if result.samples is None else list(result.samples)
+    targets = [out / f"{name}.png"] if result.samples is None else [out / f"{name}_s{j}.png" for j in range(len(results))]
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
+    for rgb, target in zip(results, targets):
+        save_image(rgb, target)
+    if grid:  # input gray | colorized (each sample) | original (when it had colour)
+        panels = [result.gray, *results] + ([result.original] if result.original is not None else [])
         save_image(torch.stack(panels), out / f"{name}_grid.png", nrow=len(panels), padding=4, pad_value=1.0)
-    return target
+    return targets[0]
 
 
-def colorize_paths(colorizer: Colorizer, inputs: list[str], out: Path, grid: bool = False) -> tuple[list[Path], list[BadSample]]:
-    """Colorize every input into ``out``; returns (written files, skipped unreadable files)."""
+def colorize_paths(colorizer: Colorizer, inputs: list[str], out: Path, grid: bool = False,
+                   samples: int = 1) -> tuple[list[Path], list[BadSample]]:
+    """Colorize every input into ``out`` (``samples`` colorizations each); returns (the
+    first written file per input, skipped unreadable files)."""
     pairs = list_inputs(inputs)
     if not pairs:
         raise ColorizeError("no input images (give files or folders)")
@@ -298,7 +328,7 @@ def colorize_paths(colorizer: Colorizer, inputs: list[str], out: Path, grid: boo
         if isinstance(item, BadSample):
             skipped.append(item)
             continue
-        result = colorize_image(colorizer, item["image"], item["gray_file"])
+        result = colorize_image(colorizer, item["image"], item["gray_file"], samples)
         written.append(save_outputs(result, out, pairs[i][1], grid))
     return written, skipped
 
@@ -309,13 +339,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
     parser.add_argument("--checkpoint", required=True, help="a pretext checkpoint (written by 'colorbench pretrain')")
     parser.add_argument("--out", required=True, help="output folder: <name>.png at each input's full resolution")
-    parser.add_argument("--decoder", "--decode", dest="decoder", default="annealed", choices=DECODERS,
-                        help="313-bin heads: 'annealed' (default, T = 0.38) is the paper's choice, between the "
-                             "desaturated 'mean' and the blotchy 'mode'; ignored by methods that regress ab (l2)")
+    parser.add_argument("--decoder", "--decode", dest="decoder", default=None,
+                        help="how the method's distribution becomes ab: any of the checkpoint's method's decoders "
+                             "(zhang: mean, mode, annealed; larsson: also median). Default: the checkpoint's own "
+                             "(imported ECCV16 weights: mean), else 'annealed' (T = 0.38, the paper's choice, between "
+                             "the desaturated 'mean' and the blotchy 'mode'); ignored by methods with one output")
     parser.add_argument("--size", type=int, default=None,
                         help="short side the network sees; ab is upsampled to full resolution. Default: the "
                              "checkpoint's training short side (data.resize), else 256; 0 = native resolution")
-    parser.add_argument("--grid", action="store_true", help="also write <name>_grid.png: gray | colorized | original")
+    parser.add_argument("--grid", action="store_true",
+                        help="also write <name>_grid.png: gray | colorized (each sample) | original")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="stochastic methods (e.g. royer): N colorizations per image, <name>_s<j>.png for "
+                             "j = 0..N-1 (default 1: <name>.png)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="stochastic methods: the seed of the samples (same seed, same files)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out folder")
     parser.add_argument("--global-from", metavar="IMG",
                         help="style transfer (methods with global features: iizuka): take the global features "
@@ -330,18 +368,27 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         check_out_dir(out, args.overwrite)
-        colorizer = load_colorizer(args.checkpoint, pick_device(args.device), args.size, args.decoder)
+        if args.samples < 1:
+            raise ColorizeError(f"--samples must be >= 1, got {args.samples}")
+        colorizer = load_colorizer(args.checkpoint, pick_device(args.device), args.size, args.decoder, args.seed)
+        if args.samples > 1 and not colorizer.stochastic:
+            raise ColorizeError(f"--samples {args.samples}: {colorizer.record_name()} is deterministic (one "
+                                "colorization per image); sampling needs a stochastic method such as royer")
         if args.global_from:
             use_global_from(colorizer, args.global_from)
             print(f"global features from {args.global_from}")
-        how = f"{colorizer.decoder} decoding" if colorizer.decoders else "ab regression"
+        how = (f"{colorizer.decoder} decoding" if colorizer.decoders else
+               f"sampled, seed {colorizer.seed}" if colorizer.stochastic else "one output")
+        if args.decoder and not colorizer.decoders:
+            print(f"note: --decoder {args.decoder} ignored: {colorizer.record_name()} has one output")
         print(f"{colorizer.record_name()} on {colorizer.encoder}, {how}, network short side "
               f"{colorizer.size or 'native'}, output at full input resolution")
-        written, skipped = colorize_paths(colorizer, args.inputs, out, args.grid)
+        written, skipped = colorize_paths(colorizer, args.inputs, out, args.grid, args.samples)
     except (ValueError, FileNotFoundError) as exc:  # ColorizeError, CheckpointError, unreadable checkpoints
         print(f"colorbench colorize: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} image(s) to {out}")
+    each = f" ({args.samples} samples each)" if args.samples > 1 else ""
+    print(f"wrote {len(written)} image(s){each} to {out}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
         for bad in skipped:

@@ -15,7 +15,8 @@ from downstream.color_quality.config import EvalColorConfig, check_config
 from downstream.color_quality.scoring import RandomColours, Row, Scores, lam0_weights, score_group
 from pretext.color.bins import NUM_BINS, soft_encode
 from pretext.color.targets import to_lab
-from pretext.colorize import feature_memory_mb, load_colorizer
+from downstream.color_quality.costs import feature_memory_mb
+from pretext.colorize import load_colorizer
 from pretext.data.sources import build_source
 from pretext.encoders import build_encoder
 from pretext.engine.checkpoint import save_checkpoint, trunk_checkpoint
@@ -139,7 +140,7 @@ def test_shipped_configs_load_and_check(tmp_path):
     assert (imagenet.data.val_limit, imagenet.image_crop, imagenet.classifier.arch) == (10000, 256, "vgg16")
     with pytest.raises(FileNotFoundError, match="classifier.weights"):  # the VGG-16 weights must be filled in
         check_config(imagenet)
-    for bad, match in ((["decoders=[median]"], "decoders: unknown"), (["baselines=[sepia]"], "baselines: unknown"),
+    for bad, match in ((["decoders=[sepia]"], "decoders: unknown"), (["baselines=[sepia]"], "baselines: unknown"),
                        (["baselines=[]"], "nothing to evaluate")):
         with pytest.raises(ConfigError, match=match):
             check_config(load_config(EvalColorConfig, TINY_CONFIG, bad))

@@ -31,3 +31,18 @@ def test_unknown_method_is_one_line_exit_2(capsys):
     assert cli(["methods", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown method 'nope'" in err and "zhang" in err
+
+
+
+def test_the_methods_suite_trains_every_registered_method():
+    """configs/suites/methods.yaml holds one tiny recipe per registered method (Zhang's as
+    its pretrain_config), so a new method cannot be left out of the comparison."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    suite = yaml.safe_load((root / "configs/suites/methods.yaml").read_text())
+    recipes = [suite["pretrain_config"], *suite["methods"]]
+    trained = [yaml.safe_load((root / recipe).read_text())["method"] for recipe in recipes]
+    assert sorted(trained) == sorted(list_methods())

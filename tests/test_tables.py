@@ -55,3 +55,26 @@ def test_empty_runs_folder_gives_published_rows_only(tmp_path, capsys):
     assert "| Zhang et al. (colorization) | published" in text and "| 61.50 | 65.90 | 46.90 | 35.60 |" in text
     assert "0 records from 0 run(s)" in capsys.readouterr().out
     assert cli(["table", "--runs", str(tmp_path / "runs"), "--format", "pdf"]) == 2
+
+
+def test_table1_prints_mean_and_std_for_stochastic_rows_only(tmp_path):
+    """A stochastic method's row (eval-color's auc / auc_std ...) reads "mean ± std" in md
+    and tex; a deterministic row's cells stay plain; the csv keeps both as numbers."""
+    run = RunDir(tmp_path / "runs" / "eval")
+    base = {"suite": "colorization", "encoder": "alexnet_cc", "protocol": "table1", "dataset": "builtin",
+            "split": "val", "layer": ""}
+    values = {"royer": {"auc": 90.123, "auc_std": 0.456, "rebalanced_auc": 70.0, "rebalanced_auc_std": 1.25,
+                        "samples": 3},
+              "colorization-full-annealed": {"auc": 91.0, "rebalanced_auc": 78.5}}
+    run.write_records([dict(base, method=m, metric=k, value=v) for m, vals in values.items() for k, v in vals.items()])
+    tables, _ = build_tables([tmp_path / "runs"], tmp_path / "out", ("md", "csv", "tex"))
+    md = (tmp_path / "out" / "table1_builtin.md").read_text()
+    royer = next(line for line in md.splitlines() if line.startswith("| royer"))
+    assert "| 90.12 ± 0.46 | 70.00 ± 1.25 |" in royer
+    zhang = next(line for line in md.splitlines() if line.startswith("| colorization-full-annealed"))
+    assert "| 91.00 | 78.50 |" in zhang and "±" not in zhang
+    assert "auc_std" not in md.splitlines()[2]  # the spread is shown in the cells, not as columns
+    assert "90.1 $\\pm$ 0.5" in (tmp_path / "out" / "table1_builtin.tex").read_text()
+    csv = (tmp_path / "out" / "table1_builtin.csv").read_text()
+    assert "auc_std" in csv.splitlines()[0] and "0.456" in csv
+    assert tables["table1_builtin"].loc[("royer",)].iloc[0]["auc_std"] == 0.456

@@ -19,7 +19,6 @@ from typing import Optional
 from pretext.color.prior import PriorConfig
 from pretext.data.sources import DataConfig
 from pretext.engine.config import ConfigError
-from pretext.methods.zhang import DECODERS
 
 BASELINES = ("ground_truth", "gray", "random", "prior_mean")
 
@@ -57,9 +56,15 @@ class EvalColorConfig:
     out_dir: str = "runs/eval-color"  # the run directory: records, curves, per-image scores
     overwrite: bool = False  # replace the results of an earlier run in out_dir
     checkpoints: list[str] = field(default_factory=list)  # pretext checkpoints to score (full / class / l2 ...)
-    # decoders for methods that predict a distribution (Zhang's 313 bins); annealed (T = 0.38)
-    # is the paper's method; a method that regresses ab (l2) is scored once
+    # decoders for methods that predict a distribution (Zhang's 313 bins: mean / mode / annealed,
+    # Larsson's also median): any decoder of a registered method; each checkpoint is scored with
+    # the listed ones it has (the others are skipped, said once in the log; none of them: its
+    # default). annealed (T = 0.38) is the paper's method; a method with one output (l2) is scored once
     decoders: list[str] = field(default_factory=lambda: ["annealed"])
+    # stochastic methods (royer ...): colorizations scored per image; the row reports the mean
+    # over samples and their std (auc_std ...); sample_seed fixes them (reruns: the same numbers)
+    samples: int = 3
+    sample_seed: int = 0
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))  # [] for none
     size: Optional[int] = None  # short side the network sees (null: each checkpoint's training short side, else 256; 0 = native)
     image_crop: Optional[int] = None  # centre-crop the evaluated images (null: native size; the paper scored 256 x 256)
@@ -76,7 +81,9 @@ class EvalColorConfig:
 
 def check_config(cfg: EvalColorConfig) -> None:
     """Cross-field rules, checked before anything is loaded or counted."""
-    for key, values, valid in (("decoders", cfg.decoders, DECODERS), ("baselines", cfg.baselines, BASELINES)):
+    from pretext.colorize import registered_decoders
+
+    for key, values, valid in (("decoders", cfg.decoders, registered_decoders()), ("baselines", cfg.baselines, BASELINES)):
         bad = [v for v in values if v not in valid]
         if bad:
             raise ConfigError(f"{key}: unknown {bad}; valid: {', '.join(valid)}")
@@ -86,6 +93,6 @@ def check_config(cfg: EvalColorConfig) -> None:
                       ("classifier.weights", cfg.classifier.weights), ("prior.path", cfg.prior.path)]:
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{key}: file not found: {path}")
-    for key in ("batch_size", "timing_runs"):
+    for key in ("batch_size", "timing_runs", "samples"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")

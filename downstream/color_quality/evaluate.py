@@ -16,16 +16,19 @@ Rows, all scored in one pass over the evaluation images (``scoring``):
   pick is seeded per image), ``prior_mean`` (every pixel gets the mean colour of the
   prior, sum_q p_q c_q);
 * every checkpoint (any pretext method, ``pretext.methods.load_method``), through its
-  ``predict_ab`` once per decoder (``colorization-full-annealed`` ...), or once for a
-  method that regresses ab (``colorization-l2``). The network sees the image at its
-  working size (see ``pretext.colorize``); ab is upsampled to full resolution.
+  ``predict_ab`` once per listed decoder it has (``colorization-full-annealed``,
+  ``larsson-hc-median`` ...; listed decoders it lacks are skipped and logged once), or once
+  for a method with one output (``colorization-l2``); a stochastic method (``royer`` ...)
+  once on each of its ``samples`` colorizations (seeded by ``sample_seed``), its row the
+  mean over samples with ``*_std`` records of their spread. The network sees the image at
+  its working size (see ``pretext.colorize``); ab is upsampled to full resolution.
 
 Metrics: ``auc``, ``rebalanced_auc`` (lam = 0 weights from the prior: ``prior.path``,
 else the first checkpoint's training prior (its method's ``prior`` buffer), else counted
 over the training split and cached; ``rebalance_top_bin_share`` reports the largest share
 of the total weight one bin carries), ``psnr``, ``classifier_top1`` (``classifier``: the
 user's torchvision weights, or the built-in classifier trained once and cached), and for
-checkpoints the cost columns of ``Colorizer.costs`` (``params_mb``, ``feature_mb``,
+checkpoints the cost columns of ``costs.colorizer_costs`` (``params_mb``, ``feature_mb``,
 ``runtime_ms``, on one square image of the working size).
 
 Unreadable files are skipped and counted. The run directory gets ``metrics.json``,
@@ -42,6 +45,7 @@ import torch
 
 from downstream.color_quality.classifier import resolve_classifier
 from downstream.color_quality.config import EvalColorConfig, check_config
+from downstream.color_quality.costs import colorizer_costs
 from downstream.color_quality.records import build_records, format_table, run_records, write_curves, write_per_image
 from downstream.color_quality.scoring import (RandomColours, Row, baseline_rows, evaluate, lam0_weights, model_rows,
                                               name_uniquely)
@@ -88,7 +92,7 @@ def resolve_prior(cfg: EvalColorConfig, colorizers: list[Colorizer], device, say
 
 def load_rows(cfg: EvalColorConfig, source, device, say) -> tuple[list[Row], torch.Tensor, str]:
     """Baselines + (checkpoint, decoder) rows, the lam = 0 weights [313] and the prior's origin."""
-    colorizers = [load_colorizer(p, device, cfg.size) for p in cfg.checkpoints]
+    colorizers = [load_colorizer(p, device, cfg.size, seed=cfg.sample_seed) for p in cfg.checkpoints]
     if any(c.decoders for c in colorizers) and not cfg.decoders:
         raise ValueError("decoders is empty but a checkpoint predicts a distribution over colours")
     prior, prior_source = resolve_prior(cfg, colorizers, device, say)
@@ -99,7 +103,8 @@ def load_rows(cfg: EvalColorConfig, source, device, say) -> tuple[list[Row], tor
         if same_source:
             say("random baseline: the data has no readable training split; colours come from the other evaluated images")
         randoms = RandomColours(pool, same_source, device, cfg.seed)
-    rows = baseline_rows(cfg.baselines, prior, randoms) + model_rows(colorizers, cfg.decoders)
+    rows = baseline_rows(cfg.baselines, prior, randoms) + model_rows(colorizers, cfg.decoders, cfg.samples,
+                                                                     cfg.sample_seed, say)
     name_uniquely(rows)
     return rows, lam0_weights(prior), prior_source
 
@@ -119,7 +124,7 @@ def main(cfg: EvalColorConfig, argv: list[str] | None = None) -> dict:
     run.say(f"colorbench eval-color | git {git_revision()} | {len(cfg.checkpoints)} checkpoint(s) on {source}")
     rows, weights, prior_source = load_rows(cfg, source, device, run.say)
     classifier = resolve_classifier(source, cfg.data, cfg.classifier, device, cfg.seed, run.say)
-    costs = {r.name: r.colorizer.costs(r.decoder, cfg.timing_runs) for r in rows if r.colorizer is not None}
+    costs = {r.name: colorizer_costs(r.colorizer, r.decoder, cfg.timing_runs) for r in rows if r.colorizer is not None}
     per_image, skipped = ([] if cfg.per_image else None), SkipCounter()
     loader = make_loader(source, cfg.batch_size, num_workers=cfg.data.num_workers)
     scores, gt_counts = evaluate(rows, loader, weights, device, classifier, per_image, skipped)

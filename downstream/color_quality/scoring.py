@@ -1,5 +1,6 @@
-"""Table 1's scoring pass: every row (a baseline, or a checkpoint with one decoder)
-scored on the same images in one pass (DESIGN §3, "Colorization metrics").
+"""Table 1's scoring pass: every row (a baseline, or a checkpoint with one decoder, or a
+stochastic checkpoint's samples) scored on the same images in one pass (DESIGN §3,
+"Colorization metrics").
 
 * ``auc``: area under the cumulative curve of per-pixel ab errors, t = 0..150, in %;
 * ``rebalanced_auc``: the same with pixels weighted by the rebalancing weight with
@@ -8,6 +9,13 @@ scored on the same images in one pass (DESIGN §3, "Colorization metrics").
 * ``classifier_top1``: top-1 of a fixed classifier on the recolorized images.
 
 Gray images (no |a| or |b| > 5) are left out: they have no colour to score.
+
+A stochastic checkpoint (``Method.stochastic``) is one row scored on each of its
+``samples`` colorizations: every sample j is a complete set of predictions with its own
+``Scores`` (``Scores.draws[j]``), so the row reports the mean over samples and their spread
+(``records.build_records``). Sample j of a batch is drawn with the seed
+``sample_seed * 1_000_003 + the batch's first image index`` (``batch_seed``): reruns with the
+same config (batch size included) give the same numbers.
 """
 from __future__ import annotations
 
@@ -24,19 +32,21 @@ from pretext.color.losses import colorful_mask
 from pretext.color.metrics import AucAccumulator, auc_score, psnr
 from pretext.color.rebalance import smooth_prior
 from pretext.color.targets import to_lab
-from pretext.colorize import Colorizer
+from pretext.colorize import Colorizer, method_label
 from pretext.data.loader import SkipCounter
 
 
 @dataclass
 class Row:
-    """One row of Table 1: ``predict(lab [N,3,H,W], index long [N]) -> ab [N,2,H,W]``."""
+    """One row of Table 1: ``predict(lab [N,3,H,W], index long [N]) -> ab [N,2,H,W]``, or
+    ab [N,samples,2,H,W] when ``samples`` > 0 (a stochastic checkpoint's colorizations)."""
 
     name: str
     predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     encoder: str = ""
     colorizer: Colorizer | None = None
     decoder: str = ""
+    samples: int = 0
 
 
 @dataclass
@@ -48,6 +58,12 @@ class Scores:
     psnr: list = field(default_factory=list)
     correct: list = field(default_factory=list)
     images: int = 0
+    draws: list = field(default_factory=list)  # a stochastic row: one Scores per sample (the fields above: unused)
+
+    def draw(self, j: int) -> "Scores":
+        while len(self.draws) <= j:
+            self.draws.append(Scores())
+        return self.draws[j]
 
     def add(self, ab, true_ab, pixel_w, image_psnr: list, pred: torch.Tensor | None, labels: torch.Tensor) -> None:
         """ab, true_ab [n,2,H,W]; pixel_w [n,H,W]; image_psnr [n] (None: not scored); pred, labels [n]."""
@@ -93,11 +109,31 @@ def baseline_rows(names: list[str], prior: torch.Tensor, random_colours: RandomC
     return [Row(name, table[name]) for name in names]
 
 
-def model_rows(colorizers: list[Colorizer], decoders: list[str]) -> list[Row]:
-    """One row per (checkpoint, decoder); a method that regresses ab gets one row."""
+def batch_seed(sample_seed: int, index: torch.Tensor) -> int:
+    """The seed of a batch's samples: fixed by the config's seed and the batch's first image."""
+    return sample_seed * 1_000_003 + int(index[0])
+
+
+def model_rows(colorizers: list[Colorizer], decoders: list[str], samples: int = 1, sample_seed: int = 0,
+               say=print) -> list[Row]:
+    """One row per (checkpoint, listed decoder it has); a method with one output gets one
+    row; a stochastic method one row of its ``samples`` colorizations (plus rows for the
+    listed decoders it may also have). Listed decoders a method lacks are skipped and said
+    once per checkpoint; a method that has none of them is scored with its default decoder."""
     rows = []
     for c in colorizers:
-        for d in [d for d in decoders if d in c.decoders] if c.decoders else [""]:
+        mine = [d for d in decoders if d in c.decoders]
+        lacking = [d for d in decoders if d not in c.decoders]
+        if c.decoders and lacking:
+            say(f"{c.path}: {method_label(c.method)} has no decoder {', '.join(lacking)} (its decoders: "
+                f"{', '.join(c.decoders)}); " + ("skipped" if mine else f"scored with its default, {c.decoder}"))
+        if c.stochastic:
+            rows.append(Row(c.record_name("sampled") if c.decoders else c.record_name(),
+                            lambda lab, idx, c=c: c.sample_ab(lab[:, :1], samples, batch_seed(sample_seed, idx)),
+                            encoder=c.encoder, colorizer=c, decoder="sampled", samples=samples))  # [n,S,2,H,W]
+            if not mine:
+                continue
+        for d in (mine or [c.decoder]) if c.decoders else [""]:
             rows.append(Row(c.record_name(d or None),
                             lambda lab, idx, c=c, d=d: c.predict_ab(lab[:, :1], d or None),  # [n,2,H,W]
                             encoder=c.encoder, colorizer=c, decoder=d or "regression"))
@@ -176,19 +212,27 @@ def score_group(rows, scores, lab, labels, index, paths, weights, classifier, pe
                          "(e.g. 'colorbench prior' over the evaluated images)")
     true_rgb = lab_to_rgb(lab)
     for r in rows:
-        ab = r.predict(lab, index).to(lab.device)  # [n,2,H,W]
-        truth = r.name == "ground_truth"
-        rgb = true_rgb if truth else lab_to_rgb(torch.cat([lab[:, :1], ab], 1))
-        image_psnr = [None] * len(paths) if truth else psnr(rgb, true_rgb).tolist()  # [n] (inf for the truth)
-        pred = classifier.predict(rgb).cpu() if classifier is not None else None  # [n]
-        scores[r.name].add(ab, true_ab, pixel_w, image_psnr, pred, labels)
-        if per_image is not None:
-            per_image += image_rows(r.name, ab, true_ab, pixel_w, paths, labels, image_psnr, pred)
+        out = r.predict(lab, index).to(lab.device)  # [n,2,H,W], or [n,S,2,H,W] for a stochastic row
+        if r.samples:
+            if out.dim() != 5 or out.shape[1] != r.samples:
+                raise ValueError(f"{r.name}: expected {r.samples} samples [n,S,2,H,W], got {list(out.shape)}")
+            scores[r.name].images += len(paths)
+        for j, ab in enumerate(out.unbind(1) if r.samples else [out]):  # ab [n,2,H,W]
+            truth = r.name == "ground_truth"
+            rgb = true_rgb if truth else lab_to_rgb(torch.cat([lab[:, :1], ab], 1))
+            image_psnr = [None] * len(paths) if truth else psnr(rgb, true_rgb).tolist()  # [n] (inf for the truth)
+            pred = classifier.predict(rgb).cpu() if classifier is not None else None  # [n]
+            (scores[r.name].draw(j) if r.samples else scores[r.name]).add(ab, true_ab, pixel_w, image_psnr, pred, labels)
+            if per_image is not None:
+                per_image += image_rows(r.name, ab, true_ab, pixel_w, paths, labels, image_psnr, pred,
+                                        j if r.samples else "")
     return bins
 
 
-def image_rows(name, ab, true_ab, pixel_w, paths, labels, image_psnr, pred) -> list[dict]:
-    """Per-image AuC, rebalanced AuC, PSNR and classifier prediction of one row."""
-    return [{"method": name, "path": path, "label": int(labels[i]), "auc": auc_score(ab[i:i + 1], true_ab[i:i + 1]),
+def image_rows(name, ab, true_ab, pixel_w, paths, labels, image_psnr, pred, sample="") -> list[dict]:
+    """Per-image AuC, rebalanced AuC, PSNR and classifier prediction of one row (``sample``:
+    which colorization of a stochastic row, "" otherwise)."""
+    return [{"method": name, "sample": sample, "path": path, "label": int(labels[i]),
+             "auc": auc_score(ab[i:i + 1], true_ab[i:i + 1]),
              "rebalanced_auc": auc_score(ab[i:i + 1], true_ab[i:i + 1], pixel_w[i:i + 1]), "psnr": image_psnr[i],
              "predicted": None if pred is None else int(pred[i])} for i, path in enumerate(paths)]

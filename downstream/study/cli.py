@@ -26,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "(matched by file name without extension; sizes must agree).")
     c.add_argument("--real", required=True, type=Path, help="folder of ground-truth colour photos (searched recursively)")
     c.add_argument("--method", action="append", default=[], metavar="NAME=DIR",
-                   help="a method's colorizations, one file per real photo (repeat for several methods)")
+                   help="a method's colorizations, one file per real photo (repeat for several methods); a "
+                        "stochastic method's folder from 'colorize --samples N' (<name>_s<j>.png) gives one fake per "
+                        "sample, each a separate condition of the design, pooled per method in the report")
+    c.add_argument("--sample", type=int, default=None, metavar="J",
+                   help="sampled method folders: use only sample J of each photo (0 = what colorize writes without "
+                        "--samples) instead of every sample")
     c.add_argument("--out", required=True, type=Path, help="the new study folder (must not exist or be empty)")
     c.add_argument("--design", choices=("latin", "all"), default="latin",
                    help="latin (default): each rater sees every photo once, methods rotated over photos and raters, "
@@ -80,11 +85,12 @@ def _create(args: argparse.Namespace) -> int:
 
     m = create_study(args.real, args.method, args.out, photos=args.photos, sanity=args.sanity,
                      practice=args.practice, design=args.design, exposure=args.exposure, max_side=args.max_side,
-                     seed=args.seed, dataset=args.dataset_name, consent_file=args.consent)
+                     seed=args.seed, dataset=args.dataset_name, consent_file=args.consent, sample=args.sample)
     kinds = {k: sum(p["kind"] == k for p in m["pairs"]) for k in ("test", "sanity", "practice")}
-    per_rater = len(m["photos"]) * (1 if m["design"] == "latin" else len(m["methods"])) + kinds["sanity"] + kinds["practice"]
-    print(f"study {args.out}: {len(m['photos'])} photos x {len(m['methods'])} method(s) = {kinds['test']} test pairs, "
-          f"{kinds['sanity']} sanity, {kinds['practice']} practice; {per_rater} trials per rater "
+    per_rater = len(m["photos"]) * (1 if m["design"] == "latin" else m["conditions"]) + kinds["sanity"] + kinds["practice"]
+    sampled = "".join(f" ({name}: {len(js)} sample(s), each a separate fake)" for name, js in m["samples"].items())
+    print(f"study {args.out}: {len(m['photos'])} photos x {len(m['methods'])} method(s){sampled} = {kinds['test']} "
+          f"test pairs, {kinds['sanity']} sanity, {kinds['practice']} practice; {per_rater} trials per rater "
           f"(design {m['design']}, {m['blocks']} block(s), exposure {m['exposure_ms']} ms)")
     if m["skipped_gray"]:
         print(f"skipped {len(m['skipped_gray'])} grayscale photo(s): {', '.join(m['skipped_gray'][:5])}", file=sys.stderr)

@@ -5,7 +5,9 @@
 
 Each test pair is a ground-truth photo beside one method's colorization of it (matched by
 file name: the path under the folder without its extension, so ``class/x.JPEG`` pairs with
-``class/x.png`` as ``colorbench colorize`` writes it). Both images of a pair are decoded,
+``class/x.png`` as ``colorbench colorize`` writes it). A stochastic method's folder from
+``colorize --samples N`` (``class/x_s0.png`` ...) gives one fake per sample, or only the
+sample ``--sample J`` (``samples.py``). Both images of a pair are decoded,
 resized the same way and saved as PNG with opaque names, so nothing but colour tells them
 apart (not a file name, not JPEG artefacts, not metadata).
 
@@ -35,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from downstream.study import StudyError
+from downstream.study.samples import Condition, method_conditions
 
 FORMAT = "colorbench-study-v1"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -171,14 +174,14 @@ def _pair(pid: str, kind: str, photo: str, method: str, real: str, fake: str, si
 
 
 def _check_args(method_specs: list[str], out: Path, photos, sanity, practice, design, exposure, max_side,
-                consent_file) -> tuple[list[tuple[str, Path]], str | None]:
+                consent_file, sample=None) -> tuple[list[tuple[str, Path]], str | None]:
     """Everything that can be refused before reading a pixel; returns (methods, consent text)."""
     if design not in ("latin", "all"):
         raise StudyError(f"--design {design!r}: choose latin or all")
     if not 0.05 <= exposure <= 60:
         raise StudyError(f"--exposure {exposure}: expected seconds between 0.05 and 60 (the paper used 1)")
-    if sanity < 0 or practice < 0 or (photos is not None and photos < 1) or max_side < 0:
-        raise StudyError("--sanity, --practice and --max-side must be >= 0, --photos >= 1")
+    if sanity < 0 or practice < 0 or (photos is not None and photos < 1) or max_side < 0 or (sample or 0) < 0:
+        raise StudyError("--sanity, --practice, --max-side and --sample must be >= 0, --photos >= 1")
     parsed = [parse_method(s) for s in method_specs]
     if not parsed:
         raise StudyError("give at least one --method NAME=DIR")
@@ -196,24 +199,26 @@ def _check_args(method_specs: list[str], out: Path, photos, sanity, practice, de
         raise StudyError(f"--consent {consent_file}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def _test_pairs(test_keys: list[str], methods: dict[str, dict[str, Path]], shown: dict, design: str,
+def _test_pairs(test_keys: list[str], conditions: list[Condition], shown: dict, design: str,
                 writer: ImageWriter, rng: random.Random, max_side: int) -> list[dict]:
-    """Every (photo, method) pair. Latin blocks: photo i goes with method (i + b) mod M in
-    block b, so each block holds every photo once; sides are balanced per (block, method)."""
-    names = list(methods)
+    """Every (photo, condition) pair (a condition: a method, or one sample of a sampled
+    method). Latin blocks: photo i goes with condition (i + b) mod M in block b, so each
+    block holds every photo once; sides are balanced per (block, condition)."""
     groups: dict[tuple, list] = {}
     for i, key in enumerate(test_keys):
-        for m, name in enumerate(names):
-            block = (m - i) % len(names) if design == "latin" else 0
-            groups.setdefault((block, name), []).append(key)
+        for m in range(len(conditions)):
+            block = (m - i) % len(conditions) if design == "latin" else 0
+            groups.setdefault((block, m), []).append(key)
     pairs = []
-    for (block, name), group in sorted(groups.items()):
+    for (block, m), group in sorted(groups.items()):
+        cond = conditions[m]
         for key, side in zip(group, _balanced_sides(len(group), rng)):
             real_im, real_png = shown[key]
-            fake = load_shown(methods[name][key], max_side)
+            fake = load_shown(cond.files[key], max_side)
             if fake.size != real_im.size:  # the headers agreed; a decoder that disagrees is worth stopping for
-                raise StudyError(f"method {name!r}: {key} decodes to {fake.size}, ground truth to {real_im.size}")
-            pairs.append(_pair("", "test", key, name, real_png, writer.save(fake), side, block))
+                raise StudyError(f"method {cond.label!r}: {key} decodes to {fake.size}, ground truth to {real_im.size}")
+            pair = _pair("", "test", key, cond.method, real_png, writer.save(fake), side, block)
+            pairs.append(pair if cond.sample is None else {**pair, "sample": cond.sample})
     return pairs
 
 
@@ -246,19 +251,21 @@ def _check_pairs(pool: list[str], real: dict[str, Path], shown: dict, sanity: in
 def create_study(real_dir: Path, method_specs: list[str], out: Path, *, photos: int | None = None,
                  sanity: int = 4, practice: int = 2, design: str = "latin", exposure: float = 1.0,
                  max_side: int = 256, seed: int = 0, dataset: str | None = None,
-                 consent_file: Path | None = None) -> dict:
+                 consent_file: Path | None = None, sample: int | None = None) -> dict:
     """Validate the inputs, write ``out/images`` and ``out/manifest.json``; return the manifest.
+    ``sample``: only that sample of sampled method folders (default: each sample a fake).
     The study is built in a temporary sibling folder and renamed into place, so a failure
     half-way leaves nothing behind."""
     from tqdm import tqdm
 
     out = Path(out)
     parsed, consent = _check_args(method_specs, out, photos, sanity, practice, design, exposure, max_side,
-                                  consent_file)
+                                  consent_file, sample)
     real = index_images(Path(real_dir), "--real")
     dirs = dict(parsed)
-    methods = {n: index_images(d, f"--method {n}") for n, d in parsed}
-    check_methods(real, methods, dirs)
+    conditions = [c for n, d in parsed for c in method_conditions(n, index_images(d, f"--method {n}"), sorted(real),
+                                                                   sample)]
+    check_methods(real, {c.label: c.files for c in conditions}, {c.label: dirs[c.method] for c in conditions})
 
     rng = random.Random(seed)
     keys = sorted(real)
@@ -279,7 +286,7 @@ def create_study(real_dir: Path, method_specs: list[str], out: Path, *, photos: 
             raise StudyError(f"--real {real_dir}: every chosen photo is grayscale; a real-vs-fake test needs colour")
         test_keys = list(shown)
         rng.shuffle(test_keys)  # the order fixes the latin rotation: shuffled, not alphabetical
-        pairs = _test_pairs(test_keys, methods, shown, design, writer, rng, max_side)
+        pairs = _test_pairs(test_keys, conditions, shown, design, writer, rng, max_side)
         # sanity/practice photos from outside the test when there are enough: seeing a test
         # photo's real colours in a sanity pair would help spot its fake later
         pool = spare if len(spare) >= sanity + practice else test_keys
@@ -290,7 +297,9 @@ def create_study(real_dir: Path, method_specs: list[str], out: Path, *, photos: 
             "format": FORMAT, "dataset": dataset or Path(real_dir).resolve().name, "seed": seed,
             "real_dir": str(Path(real_dir).resolve()), "methods": [n for n, _ in parsed],
             "method_dirs": {n: str(d.resolve()) for n, d in parsed},
-            "design": design, "blocks": len(parsed) if design == "latin" else 1,
+            "samples": {n: [c.sample for c in conditions if c.method == n] for n, _ in parsed
+                        if any(c.sample is not None for c in conditions if c.method == n)},
+            "conditions": len(conditions), "design": design, "blocks": len(conditions) if design == "latin" else 1,
             "exposure_ms": round(exposure * 1000), "max_side": max_side,
             "photos": test_keys, "skipped_gray": skipped_gray, "sanity_photos_in_test": pool is test_keys,
             "consent_text": consent, "pairs": pairs,
