@@ -177,6 +177,14 @@ class Method(nn.Module):
         same samples, on the caller's global RNG untouched."""
         raise ValueError(f"{self.method_name} predicts one colorization per image; it does not sample")
 
+    def check_sample_request(self, samples: int, options: dict) -> None:
+        """The argument checks every ``sample_ab`` starts with: ValueError for options the
+        method does not know or a sample count that is not an integer >= 1."""
+        if options:
+            raise ValueError(f"{self.method_name}: unknown colorize options {sorted(options)}")
+        if int(samples) != samples or samples < 1:
+            raise ValueError(f"{self.method_name}: samples must be an integer >= 1, got {samples}")
+
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """Spatial size of ``predict_ab`` for an H x W input (default: the deepest tap)."""
         return self.trunk.feature_size(h, w)

@@ -251,10 +251,7 @@ class PixColor(Method):
     @torch.no_grad()
     def sample_ab(self, lightness: torch.Tensor, samples: int, seed: int = 0, **options) -> torch.Tensor:
         """Normalised L [N,1,H,W] -> ab [N,samples,2,H,W]: ``samples`` draws per image (see the module doc)."""
-        if options:
-            raise ValueError(f"pixcolor: unknown colorize options {sorted(options)}")
-        if int(samples) != samples or samples < 1:
-            raise ValueError(f"pixcolor: samples must be an integer >= 1, got {samples}")
+        self.check_sample_request(samples, options)
         n, _, h, w = lightness.shape
         terms = self.head_pixelcnn.condition(self.condition(lightness))  # once per image
         terms = [(v.repeat_interleave(samples, 0), hz.repeat_interleave(samples, 0)) for v, hz in terms]

@@ -208,10 +208,7 @@ class Royer(Method):
     @torch.no_grad()
     def sample_ab(self, lightness: torch.Tensor, samples: int, seed: int = 0, **options) -> torch.Tensor:
         """Normalised L [N,1,H,W] -> ab [N,samples,2,H,W]: ``samples`` draws per image (module doc)."""
-        if options:
-            raise ValueError(f"royer: unknown colorize options {sorted(options)}")
-        if int(samples) != samples or samples < 1:
-            raise ValueError(f"royer: samples must be an integer >= 1, got {samples}")
+        self.check_sample_request(samples, options)
         n, _, h, w = lightness.shape
         gh, gw = self.grid_size(h, w)
         terms = self.head_pixelcnn.condition(self.embed(lightness).float())  # once per image
