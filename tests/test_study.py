@@ -294,9 +294,12 @@ def serving(study: Path):
     Ctrl-C (SIGINT) at the end, which must exit cleanly. Its output is drained all along (a
     full pipe would block the server's logging, waitress's "Task queue depth" warnings
     under load, and with it the Ctrl-C)."""
+    # SIGINT back to its default in the child: a test run started in the background without job
+    # control (`cmd &` in a script) ignores SIGINT, children inherit that, and Python then never
+    # raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "study", "serve", str(study), "--port", "0",
                              "--host", "127.0.0.1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     output: list[str] = []
     try:
         line = proc.stdout.readline()
