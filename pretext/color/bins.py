@@ -120,7 +120,7 @@ class SoftEncoder:
       * general cell (~0.14%: around the points where three or more bisectors meet, e.g.
         the grid squares' centres, and the border onto which outside pixels are clamped):
         the coarse path below. Halving the cells (0.25 -> 0.125) cut this path's pixels 5x
-        and the time per call ~3%, at 4x the build (measured).
+        and the time per call ~2%, at 4x the build (measured).
     A cell's row has K+1 slots: the nearest, the rest of the set, the contenders in slots
     K-1, K (fixed: slot K is a far sentinel; general: all are). Equal rows are shared (~6k
     for K=5). Per pixel: cell -> row (int32 table), the K+1 centres' coordinates (one fp32
@@ -231,15 +231,15 @@ class SoftEncoder:
                     "cand": self.cand.to(device), "centers": self.centers.to(device, exact)}
             if self.fine is not None:
                 tabs.update(cell_row=self.cell_row.to(device), coords=self.coords.to(device),
-                            row_idx=self.row_idx.to(device), contender=self.contender.to(device), zero=torch.zeros((), device=device))
+                            row_idx=self.row_idx.to(device), contender=self.contender.to(device),
+                            zero=torch.zeros((), device=device))
             self._device_cache[device] = tabs
         return self._device_cache[device]
 
     def _cells(self, x: torch.Tensor, tabs: dict) -> torch.Tensor:
         """Row of the fine cell of each pixel of x [N,2,HW] (fp32), long [N*HW]: floor(a /
         fine) is exact, then small integers (< 2^24, exact in fp32). The table is int32 (half
-        the cache footprint); the rows come back long, the index type the gathers after it
-        take fastest (int32 indices cost ~1.5x in index_select, measured)."""
+        the cache footprint); the rows come back long, the index type of the gathers after it."""
         lo, nf = self.fine_box
         t = torch.mul(x, 1.0 / self.fine).floor_().clamp_(lo, lo + nf - 1)  # [N,2,HW]
         cell = torch.add(t[:, 1], t[:, 0], alpha=nf).sub_(lo * (nf + 1)).int()  # [N,HW]
@@ -322,8 +322,8 @@ class SoftEncoder:
 
 def _flat_where(x: torch.Tensor, test) -> torch.Tensor:
     """Flat indices (long [M]) of the elements of x where ``test(x)`` (elementwise, written so it
-    works on a numpy array and a tensor) holds. On the CPU through numpy: a float comparison
-    there and flatnonzero are ~3x and ~7x faster than torch's for the few hits of a long
+    works on a numpy array and a tensor) holds. On the CPU through numpy: comparison +
+    flatnonzero ~3x faster than torch's comparison + nonzero for the few hits of a long
     tensor (measured, one thread)."""
     if x.device.type == "cpu":
         return torch.from_numpy(np.flatnonzero(test(x.detach().numpy())))
