@@ -130,9 +130,9 @@ def bench_encode(repeats: int, k: int = 5, data: str = "photos", folder: Path | 
     from pretext.color.bins import ab_centers, soft_encode, soft_encoder
 
     ab, source = encode_data(data, folder)
-    kinds = soft_encoder(k).cell_kinds(ab)
-    print(f"encode data: {source}; pixels in fixed / pair / general cells: "
-          + " / ".join(f"{100 * kinds[kind]:.2f}%" for kind in ("fixed", "pair", "general")), flush=True)
+    paths = soft_encoder(k).path_fractions(ab)
+    print(f"encode data: {source}; pixels decided by the lattice / lookup-table / coarse path: "
+          + " / ".join(f"{100 * paths[name]:.2f}%" for name in ("lattice", "table", "coarse")), flush=True)
     ab_np, centers = ab.numpy().astype(np.float64), ab_centers().numpy().astype(np.float64)
     refs = {"original encode: ball tree + dense target": lambda: original_soft_encode(ab_np, centers, k, 5.0, True),
             "ball-tree kneighbors only": lambda: original_soft_encode(ab_np, centers, k, 5.0, False)}
