@@ -63,7 +63,7 @@ def build_ab_centers(ab_samples: torch.Tensor, grid: float = 10.0, min_count: in
 
 
 def soft_encoder(k: int = 5, sigma: float = 5.0, centers: torch.Tensor | None = None) -> SoftEncoder:
-    """The (cached) encoder ``soft_encode`` uses, for its tables and ``cell_kinds``."""
+    """The (cached) encoder ``soft_encode`` uses, for its tables and ``path_fractions``."""
     if not isinstance(k, int) or not 1 <= k <= (NUM_BINS if centers is None else centers.shape[0]):
         raise ValueError(f"soft_encode: k must be an int in [1, {NUM_BINS if centers is None else centers.shape[0]}], got {k}")
     if centers is not None and (centers.dim() != 2 or centers.shape[1] != 2):
