@@ -240,3 +240,31 @@ def test_leftovers_go_to_the_table_only_when_many():
     assert encoder.path_fractions(many)["table"] > 0
     for ab in (few, many):
         _compare_to_brute_force(ab, 5)
+
+
+def test_duplicate_and_far_flung_centres_stay_off_the_lattice_path():
+    c = color.ab_centers()
+    duplicated = torch.cat([c, c[120:121]])  # one node, two bins: the closed form would drop one
+    assert lattice_step(duplicated) is None
+    ab = torch.tensor([0.3, 0.2]).reshape(1, 2, 1, 1)
+    _compare_to_brute_force(ab, 5, centers=duplicated)
+    # a box of nodes whose case numbers would pass 2^24 in fp32
+    assert lattice_step(torch.tensor([[0.0, 0.0], [1.0, 0.0], [1200.0, 1200.0]])) is None
+
+
+def test_default_dtype_float64_and_huge_values(photo_ab):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        enc = SoftEncoder(color.ab_centers(), k=5)
+        assert torch.equal(enc(photo_ab[:1]).indices, color.soft_encode(photo_ab[:1].float()).indices)
+        table = SoftEncoder(color.ab_centers(), k=5, lattice=False)(photo_ab[:1])  # weights in ab's dtype
+        assert table.weights.dtype == torch.float32 and torch.equal(table.indices.sort(1).values,
+                                                                     enc(photo_ab[:1]).indices.sort(1).values)
+    finally:
+        torch.set_default_dtype(previous)
+    # |ab| ~ 1e20: a general row's d² to its sentinel overflows; those pixels still reach the coarse path
+    huge = torch.full((1, 2, 50, 50), 1e20)
+    enc = color.soft_encode(huge)
+    assert int(enc.indices.max()) < 313 and bool(torch.isfinite(enc.weights).all())
+    _compare_to_brute_force(huge[:, :, :2, :2], 5)

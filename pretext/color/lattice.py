@@ -10,14 +10,22 @@ import torch.nn.functional as F
 
 
 def lattice_step(centers: torch.Tensor) -> float | None:
-    """g if every centre is a multiple of g, the smallest gap between distinct coordinates
-    (the published 313: 10; ``build_ab_centers(grid=g)``: g), else None."""
+    """g if the centres are distinct nodes of gZ², g the smallest gap between distinct
+    coordinates (the published 313: 10; ``build_ab_centers(grid=g)``: g), else None. Also
+    None when their box of nodes is too large for ``LatticeFive`` (its tables hold 12 rows
+    per node, and its case numbers must stay exact fp32 integers: < 2^24)."""
     values = torch.unique(centers.double().reshape(-1))
     if len(values) < 2:
         return None
     g = float(values.diff().min())
     m = centers.double() / g
-    return g if bool(((m - m.round()).abs() <= 1e-9).all()) else None
+    if not bool(((m - m.round()).abs() <= 1e-9).all()):
+        return None
+    node = m.round().long()
+    if len(torch.unique(node, dim=0)) < len(node):  # duplicate centres: one node, two bins
+        return None
+    side = node.max(0).values - node.min(0).values + 5  # + the 2-node margins
+    return g if int(side.prod()) * 12 < 2**24 else None
 
 
 class LatticeFive:
@@ -26,7 +34,7 @@ class LatticeFive:
     With m0 the node nearest p, u = p - m0 (|u_a|, |u_b| <= g/2) and s its signs, the five
     nearest nodes are m0, A = m0 + (s_a,0)g, B = m0 + (0,s_b)g and the two nearest of
     D = m0 + (s_a,s_b)g, E = m0 - (s_a,0)g, F = m0 - (0,s_b)g; every other node is at least
-    as far as each of D, E, F (expand the d²). Their d² differ linearly in |u|:
+    as far as the two nearest of D, E, F (expand the d²). Their d² differ linearly in |u|:
       d²_D - d²_E = 2g(g/2 - 2|u_a| - |u_b|),  d²_D - d²_F = 2g(g/2 - |u_a| - 2|u_b|),
       d²_E - d²_F = 2g(|u_a| - |u_b|),
     so D is dropped iff 2|u_a| + |u_b| < g/2 and |u_a| + 2|u_b| < g/2, else the farther of E, F.
@@ -34,19 +42,19 @@ class LatticeFive:
     centres. Gaussian weights relative to m0's (c = 1/2sigma²): A exp(2cg|u_a| - cg²),
     E exp(-2cg²) / A, D = A B: two exps per pixel; the indices are one row of a table
     [nodes x 12 cases, 5]. u is exact in fp32 (p minus a nearby multiple of g); the sums
-    2|u_a| + |u_b| are within an ulp, so a pixel within ``tau`` of a decision (or of the
+    2|u_a| + |u_b| are within two ulps (two roundings), so a pixel within ``tau`` of a decision (or of the
     node's Voronoi edge, or in a non-interior node) is left to the next path.
     """
 
     def __init__(self, centers: torch.Tensor, g: float, sigma: float):
         q, c = centers.shape[0], 0.5 / sigma**2
         node = torch.round(centers.double() / g).long()  # [Q,2] lattice coordinates
-        lo, hi = node.min(0).values - 2, node.max(0).values + 2  # margin 2: clamped outside pixels land off the interior
+        lo, hi = node.min(0).values - 2, node.max(0).values + 2  # margin 2: clamped outside pixels land off the interior (1 would do)
         h, w = (hi - lo + 1).tolist()
         index = torch.full((h, w), -1, dtype=torch.long)
         index[node[:, 0] - lo[0], node[:, 1] - lo[1]] = torch.arange(q)
         inside = (index >= 0).float()[None, None]
-        interior = F.conv2d(inside, torch.ones(1, 1, 3, 3), padding=1)[0, 0].view(-1) == 9  # [h*w]
+        interior = F.conv2d(inside, torch.ones(1, 1, 3, 3, dtype=inside.dtype), padding=1)[0, 0].view(-1) == 9  # [h*w]
         # 12 cases: 4 (D dropped + Y is F) + 2 (u_a >= 0) + (u_b >= 0); slots m0, A, B, X, Y
         # with X = D (E where D is dropped), Y = E or F
         offsets = []
@@ -62,7 +70,7 @@ class LatticeFive:
         self.node_lo, self.node_hi = lo.tolist(), hi.tolist()
         self.offset = float(lo[0] * w + lo[1])  # node index of the box's corner
         self.rows = rows.view(-1, 5)  # [h*w*12,5] long
-        # subtracted from a pixel's margin: > any margin (<= 1.5 g) off the interior
+        # subtracted from a pixel's margin: > any margin (<= g/2) off the interior
         self.off_interior = (~interior).float() * 4 * g  # [h*w]
         self.a_scale, self.a_shift, self.e_scale = 2 * c * g, -c * g * g, math.exp(-2 * c * g * g)
         self._device: dict = {}
@@ -97,7 +105,7 @@ class LatticeFive:
         case.add_(positive[:, 0], alpha=2).add_(positive[:, 1])
         indices = rows.index_select(0, case.view(-1).long())  # [N*L,5]
         # Gaussian weights relative to m0's, unnormalised into w: 1, A, B, X (D = A B, or E), Y (E or F)
-        w = torch.empty(n, 5, length, device=x.device)
+        w = torch.empty(n, 5, length, dtype=torch.float32, device=x.device)
         ab = torch.exp(au.mul_(self.a_scale).add_(self.a_shift), out=w[:, 1:3])  # [N,2,L]
         ef = torch.reciprocal(ab).mul_(self.e_scale)  # [N,2,L]
         torch.lerp(ab[:, 0] * ab[:, 1], ef[:, 0], drop_d, out=w[:, 3])

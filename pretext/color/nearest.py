@@ -31,7 +31,7 @@ class SoftEncoding:
 
     indices: torch.Tensor
     weights: torch.Tensor
-    num_bins: int
+    num_bins: int = 313  # the published bins (pretext.color.bins.NUM_BINS)
 
     def dense(self) -> torch.Tensor:
         """The dense target [N,Q,H,W] (for inspection; the losses never build it)."""
@@ -172,19 +172,19 @@ class SoftEncoder:
         if not torch.equal(table[cell_row], per_cell):  # a hash collision (never seen): exact unique
             table, cell_row = torch.unique(per_cell, dim=0, return_inverse=True)
         self.cell_row, table = cell_row.int(), table.long()  # [cells] -> row, [R,K+1]
-        # per row: kind (0 fixed, 1 pair, 2 general), the K+1 centres' a then b [2(K+1),R] (fp32
+        # per row: the K+1 centres' a then b [2(K+1),R] (fp32
         # gathers along dim 1 are the fast ones), the K indices [R,K] (slot K-1: contender K-1),
         # contender K [R] and a bound on the exponents d² / 2 sigma² of fine-path pixels (|p - c_0| <
         # (2 + sqrt 2) cell in active cells)
-        general, fixed = table[:, 0] == q, table[:, k] == q
-        self.row_kind = torch.where(general, 2, torch.where(fixed, 0, 1)).to(torch.int8)  # [R]
+        general = table[:, 0] == q
         self.coords = torch.cat([c[table.T, 0], c[table.T, 1]]).float().contiguous()  # [2(K+1),R]
         self.row_idx, self.contender = table[:, :k].contiguous(), table[:, k].contiguous()  # [R,K], [R]
         slots = table[~general]  # [R',K+1] the fine-path rows
         far = (c[slots] - c[slots[:, :1]]).norm(dim=-1).masked_fill(slots == q, 0.0)  # from the nearest
         reach = float(far.max()) if len(slots) else 0.0
         self.max_exponent = 0.5 / self.sigma**2 * (reach + self.cell * (2 + math.sqrt(2))) ** 2
-        self.fine, self.fine_box = s, (g0 * per - round(self.extent / s), ng * per)  # floor(a/s) of cell 0, side
+        self.fine_box = (g0 * per - round(self.extent / s), ng * per)  # floor(a/s) of cell 0, side
+        self.fine = s  # last: the tables are complete once another thread sees it
 
     def _tables(self, device: torch.device) -> dict:
         """The coarse path's tables on ``device``, and the fine table's once it is built."""
@@ -197,7 +197,7 @@ class SoftEncoder:
         if self.fine is not None and "cell_row" not in tabs:
             tabs.update(cell_row=self.cell_row.to(device), coords=self.coords.to(device),
                         row_idx=self.row_idx.to(device), contender=self.contender.to(device),
-                        zero=torch.zeros((), device=device))
+                        zero=torch.zeros((), dtype=torch.float32, device=device))
         return tabs
 
     def _cells(self, x: torch.Tensor, tabs: dict) -> torch.Tensor:
@@ -236,7 +236,7 @@ class SoftEncoder:
         return idx, (d2k - d2k[:, :1]).float()
 
     def _brute_force(self, v: torch.Tensor, tabs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The K nearest of all centres for v [P',2], in float64: d² [P',K] (ascending), indices."""
+        """The K nearest of all centres for v [P',2] (float64; mps: float32): d² [P',K] ascending, indices."""
         c = tabs["centers"]
         v = v.to(c.dtype)
         d2 = (v[:, :1] - c[:, 0]).square_().add_((v[:, 1:] - c[:, 1]).square_())  # [P',Q]
@@ -267,7 +267,7 @@ class SoftEncoder:
         torch.maximum(e[k - 1], e[k], out=e[k - 1])
         # Gaussian weights normalised over K from the exponents relative to the nearest's (never
         # underflow; K-1 exps: w_0 = 1 / (1 + sum_i exp(e_i - e_0)))
-        w = torch.empty(n, k, length, device=x.device)
+        w = torch.empty(n, k, length, dtype=torch.float32, device=x.device)
         if k == 1:
             w.fill_(1.0)
         else:
@@ -277,7 +277,8 @@ class SoftEncoder:
             torch.mul(rel, w0, out=w[:, 1:].transpose(0, 1))
         # ties within fp32 error go to the coarse path, so do general cells (all sentinel: gap 0)
         tie = 4e-6 * self.max_exponent
-        return indices, w, flat_where(gap, lambda g: abs(g) <= tie)
+        # (and non-finite gaps: |ab| >~ 1e19 overflows d² of a general row's sentinel to -inf)
+        return indices, w, flat_where(gap, lambda g: ~(abs(g) > tie))
 
     def _coarse_path(self, x: torch.Tensor):
         """x [N,2,L] -> indices long [N*L,K], weights fp32 [N,K,L] (float64 search)."""
