@@ -28,6 +28,17 @@ def lattice_step(centers: torch.Tensor) -> float | None:
     return g if int(side.prod()) * 12 < 2**24 else None
 
 
+def lattice_path(centers: torch.Tensor, sigma: float) -> "LatticeFive | None":
+    """The closed-form path for K = 5 on these centres, or None where it does not apply: not
+    lattice nodes (``lattice_step``), sigma < g/sqrt(80) (exp(-2cg²) would leave the normal
+    fp32 range), or no node with all 8 neighbours (it would decide nothing)."""
+    g = lattice_step(centers)
+    if g is None or 0.5 * g * g / sigma**2 > 40:
+        return None
+    path = LatticeFive(centers, g, sigma)
+    return path if path.interior_nodes else None
+
+
 class LatticeFive:
     """K = 5 in closed form for centres that are nodes of the square lattice gZ².
 
@@ -42,14 +53,15 @@ class LatticeFive:
     centres. Gaussian weights relative to m0's (c = 1/2sigma²): A exp(2cg|u_a| - cg²),
     E exp(-2cg²) / A, D = A B: two exps per pixel; the indices are one row of a table
     [nodes x 12 cases, 5]. u is exact in fp32 (p minus a nearby multiple of g); the sums
-    2|u_a| + |u_b| are within two ulps (two roundings), so a pixel within ``tau`` of a decision (or of the
-    node's Voronoi edge, or in a non-interior node) is left to the next path.
+    2|u_a| + |u_b| are within two ulps (two roundings), so a pixel within ``tau`` of a
+    decision (or of the node's Voronoi edge, or in a non-interior node) is left to the next path.
     """
 
     def __init__(self, centers: torch.Tensor, g: float, sigma: float):
         q, c = centers.shape[0], 0.5 / sigma**2
         node = torch.round(centers.double() / g).long()  # [Q,2] lattice coordinates
-        lo, hi = node.min(0).values - 2, node.max(0).values + 2  # margin 2: clamped outside pixels land off the interior (1 would do)
+        # a margin of 2 nodes (1 would do): pixels clamped into the box land off the interior
+        lo, hi = node.min(0).values - 2, node.max(0).values + 2
         h, w = (hi - lo + 1).tolist()
         index = torch.full((h, w), -1, dtype=torch.long)
         index[node[:, 0] - lo[0], node[:, 1] - lo[1]] = torch.arange(q)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from pretext.color.lab import check_image_batch
-from pretext.color.lattice import LatticeFive, flat_where, lattice_step
+from pretext.color.lattice import flat_where, lattice_path
 
 
 # Pixels left over by a path that go straight to the coarse path: up to this many, its cost is
@@ -112,13 +112,13 @@ class SoftEncoder:
         self.rel_a = self.padded[cand, 0] - corner[:, :1]  # [C,M] float64
         self.rel_b = self.padded[cand, 1] - corner[:, 1:]
         self.cand = cand  # [C,M] centre index (q = sentinel)
-        g = lattice_step(self.centers) if lattice and k == 5 and q > 5 else None
-        self.lattice = LatticeFive(self.centers, g, self.sigma) if g and 0.5 * g * g / self.sigma**2 <= 40 else None
-        if self.lattice is not None and not self.lattice.interior_nodes:  # it would decide nothing
-            self.lattice = None
+        self.lattice = lattice_path(self.centers, self.sigma) if lattice and k == 5 and q > 5 else None
         # the fine table, built on first use: (active coarse cells, side) or None
         self._fine_args = (cand, nearest <= 2 * cell, float(fine)) if fine and k < q and k <= max_fine_k else None
         self.fine = None
+        # the paths before the coarse one, in order: (name, x [N,2,L] -> indices, weights, pixels left)
+        self.paths = ([("lattice", self.lattice)] if self.lattice is not None else []) + \
+            ([("table", self._table_path)] if self._fine_args is not None else [])
         self._device_cache: dict = {}
 
     def _build_fine(self, cand: torch.Tensor, active: torch.Tensor, s: float) -> None:
@@ -172,10 +172,9 @@ class SoftEncoder:
         if not torch.equal(table[cell_row], per_cell):  # a hash collision (never seen): exact unique
             table, cell_row = torch.unique(per_cell, dim=0, return_inverse=True)
         self.cell_row, table = cell_row.int(), table.long()  # [cells] -> row, [R,K+1]
-        # per row: the K+1 centres' a then b [2(K+1),R] (fp32
-        # gathers along dim 1 are the fast ones), the K indices [R,K] (slot K-1: contender K-1),
-        # contender K [R] and a bound on the exponents d² / 2 sigma² of fine-path pixels (|p - c_0| <
-        # (2 + sqrt 2) cell in active cells)
+        # per row: the K+1 centres' a then b [2(K+1),R] (fp32 gathers along dim 1 are the fast
+        # ones), the K indices [R,K] (slot K-1: contender K-1), contender K [R] and a bound on
+        # the exponents d² / 2 sigma² of fine-path pixels (|p - c_0| < (2 + sqrt 2) cell in active cells)
         general = table[:, 0] == q
         self.coords = torch.cat([c[table.T, 0], c[table.T, 1]]).float().contiguous()  # [2(K+1),R]
         self.row_idx, self.contender = table[:, :k].contiguous(), table[:, k].contiguous()  # [R,K], [R]
@@ -276,8 +275,8 @@ class SoftEncoder:
             torch.sum(rel, 0, out=w0).add_(1.0).reciprocal_()
             torch.mul(rel, w0, out=w[:, 1:].transpose(0, 1))
         # ties within fp32 error go to the coarse path, so do general cells (all sentinel: gap 0)
+        # and non-finite gaps (|ab| >~ 1e19 overflows the d² to a general row's sentinel to -inf)
         tie = 4e-6 * self.max_exponent
-        # (and non-finite gaps: |ab| >~ 1e19 overflows d² of a general row's sentinel to -inf)
         return indices, w, flat_where(gap, lambda g: ~(abs(g) > tie))
 
     def _coarse_path(self, x: torch.Tensor):
@@ -290,9 +289,7 @@ class SoftEncoder:
         """x [N,2,L] fp32 -> indices long [N*L,K] (pixel-major), weights fp32 [N,K,L]. The first
         path takes every pixel, each next one the pixels the previous left (``counts``: how many
         each decided)."""
-        paths = ([("lattice", self.lattice)] if self.lattice is not None else []) + \
-            ([("table", self._table_path)] if self._fine_args is not None else [])
-        n, _, length = x.shape
+        paths, (n, _, length) = self.paths, x.shape
         if depth == len(paths) or (depth > 0 and n * length <= FEW_PIXELS):  # a few left: straight to coarse
             if counts is not None:
                 counts["coarse"] = n * length
